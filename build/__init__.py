@@ -1,0 +1,1 @@
+"""HF checkpoint → TensorRT-LLM: architecture spec, GPU profiles and planner, conversion, engines."""

@@ -1,0 +1,1 @@
+"""Triton serving: model repository writer, launcher, clients, regression."""
