@@ -1,0 +1,109 @@
+"""Triton adapter for the CPU reference backend (decoupled): see nemo_trt/serve/reference_backend.py.
+
+execute() parses each request into a BackendRequest and hands it to the scheduler thread;
+responses are sent from that thread through the request's response sender.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from nemo_trt.serve import reference_backend as rb
+
+INPUT_NAMES = (
+    "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list",
+    "bad_words_list", "beam_width", "temperature", "runtime_top_k", "runtime_top_p", "seed",
+    "exclude_input_in_output", "stop", "streaming",
+)
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class _TritonSink:
+    """Sends Chunks as TRT-LLM-shaped output tensors (batch dim 1, beam dim 1)."""
+
+    def __init__(self, sender):
+        self.sender = sender
+
+    def send(self, chunk: rb.Chunk) -> None:
+        n = len(chunk.output_ids)
+        tensors = [
+            pb_utils.Tensor("output_ids", np.array(chunk.output_ids, dtype=np.int32).reshape(1, 1, n)),
+            pb_utils.Tensor("sequence_length", np.array([[n]], dtype=np.int32)),
+            pb_utils.Tensor("num_input_tokens", np.array([[chunk.num_input_tokens]], dtype=np.int32)),
+            pb_utils.Tensor("num_output_tokens", np.array([[chunk.num_output_tokens]], dtype=np.int32)),
+            # Log probs are not computed; zeros like TRT-LLM when return_log_probs is off.
+            pb_utils.Tensor("cum_log_probs", np.zeros((1, 1), dtype=np.float32)),
+            pb_utils.Tensor("output_log_probs", np.zeros((1, 1, n), dtype=np.float32)),
+            pb_utils.Tensor("batch_index", np.zeros((1, 1), dtype=np.int32)),
+            pb_utils.Tensor("sequence_index", np.zeros((1, 1), dtype=np.int32)),
+        ]
+        self.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if chunk.final else 0)
+
+    def send_error(self, message: str) -> None:
+        self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
+
+    def finish_cancelled(self) -> None:
+        self.sender.send(flags=FINAL)
+
+    def is_cancelled(self) -> bool:
+        return self.sender.is_cancelled()
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise pb_utils.TritonModelException("the reference backend needs model_transaction_policy decoupled: true")
+        params = config.get("parameters", {})
+        checkpoint = rb.parameter(params, "reference_checkpoint_dir", "")
+        if not checkpoint:
+            raise pb_utils.TritonModelException(
+                "parameter reference_checkpoint_dir is not set: write the repository with `nemo-trt repo`"
+            )
+        threads = rb.parameter(params, "reference_num_threads", "")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        self.default_exclude_input = rb.parse_bool(rb.parameter(params, "exclude_input_in_output", "true"))
+        self.model = rb.load_reference_model(checkpoint)
+        self.vocab_size = getattr(self.model, "vocab_size", None)
+        self.max_input_len = getattr(self.model, "max_position_embeddings", None)
+        max_active = int(rb.parameter(params, "reference_max_active", str(rb.DEFAULT_MAX_ACTIVE)))
+        self.scheduler = rb.Scheduler(self.model, rb.sampling_factory, max_active=max_active).start()
+        self.logger = pb_utils.Logger
+        self.logger.log_info(f"reference backend ready: {checkpoint}, up to {max_active} concurrent sessions")
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            sink = _TritonSink(sender)
+            try:
+                inputs = {}
+                for name in INPUT_NAMES:
+                    tensor = pb_utils.get_input_tensor_by_name(request, name)
+                    if tensor is not None:
+                        inputs[name] = tensor.as_numpy()
+                if rb.is_stop_request(inputs):
+                    self.scheduler.cancel(request.request_id())
+                    sink.finish_cancelled()
+                    continue
+                parsed = rb.parse_request(
+                    inputs, request.request_id(), vocab_size=self.vocab_size,
+                    default_exclude_input=self.default_exclude_input, max_input_len=self.max_input_len,
+                )
+            except rb.BadRequest as exc:
+                sink.send_error(f"bad request: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - never let one request break the instance
+                logging.exception("reference backend: cannot parse request")
+                sink.send_error(f"cannot parse request: {exc}")
+                continue
+            self.scheduler.submit(parsed, sink)
+        return None
+
+    def finalize(self):
+        self.scheduler.stop()
