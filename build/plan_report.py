@@ -1,0 +1,59 @@
+"""Rich rendering of a `Plan` (shared by `nemo-trt plan`, `demo` and `build --dry-run`)."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from nemo_trt.build.planner import BuildSettings, Plan
+
+
+def gb(n: int) -> str:
+    return f"{n / 1e9:,.2f} GB"
+
+
+def render_plan(plan: Plan, console: Console, *, show_reasons: bool = True) -> None:
+    console.print(
+        f"[bold]{plan.model}[/] on [bold]{plan.profile}[/]: {plan.num_gpus}x {plan.gpu_name} "
+        f"({plan.gpu_memory_mib:,} MiB, SM {plan.compute_capability})"
+    )
+    console.print(
+        f"precision [bold]{plan.precision}[/] (KV cache {plan.kv_cache_dtype}), variant [bold]{plan.variant}[/], "
+        f"TP {plan.tp} x PP {plan.pp} = {plan.world_size} GPU(s)"
+    )
+
+    table = Table(title="Memory per rank", title_justify="left")
+    for col in ("rank", "tp", "pp", "layers", "attn", "weights", "activations", "KV pool", "KV B/token",
+                "KV tokens"):
+        table.add_column(col, justify="right")
+    for r in plan.ranks:
+        table.add_row(
+            str(r.rank), str(r.tp_rank), str(r.pp_rank), f"{r.layers[0]}-{r.layers[1]}", str(r.attention_layers),
+            gb(r.weight_bytes), gb(r.activation_bytes), gb(r.free_bytes_for_kv), f"{r.kv_bytes_per_token:,}",
+            f"{r.kv_tokens:,}",
+        )
+    console.print(table)
+    console.print(
+        f"KV cache: [bold]{plan.kv_tokens:,}[/] tokens per engine -> {plan.kv_limited_sequences} sequences of "
+        f"{plan.input_len}+{plan.output_len} tokens; concurrency [bold]{plan.concurrent_sequences}[/] "
+        f"(max_batch_size {plan.build.max_batch_size})"
+    )
+
+    settings = Table(title="Build and runtime settings", title_justify="left")
+    settings.add_column("setting")
+    settings.add_column("value")
+    if show_reasons:
+        settings.add_column("why", overflow="fold")
+    for key, why in (("precision", plan.reasons.get("precision", "")),
+                     ("kv_cache_dtype", plan.reasons.get("kv_cache_dtype", "")),
+                     ("tp", plan.reasons.get("tp", "")), ("pp", plan.reasons.get("pp", ""))):
+        row = [key, str(getattr(plan, key))] + ([why] if show_reasons else [])
+        settings.add_row(*row)
+    for key in BuildSettings.model_fields:
+        if key == "reasons":
+            continue
+        row = [key, str(getattr(plan.build, key))] + ([plan.build.reasons.get(key, "")] if show_reasons else [])
+        settings.add_row(*row)
+    console.print(settings)
+    console.print(f"[dim]{plan.activation_formula}[/]")
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")

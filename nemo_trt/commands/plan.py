@@ -1,0 +1,59 @@
+"""`nemo-trt plan`: will the model fit a GPU profile, and how should it be built."""
+from __future__ import annotations
+
+import click
+
+from nemo_trt.build.plan_report import render_plan  # noqa: F401  (re-exported for demo / build --dry-run)
+
+
+@click.command("plan")
+@click.option("--gpu", "gpu", required=True, metavar="PROFILE|auto",
+              help="GPU profile (h200x1, h100x2, a100x4, a100x8, a profile YAML) or 'auto' to detect local GPUs.")
+@click.option("--precision", type=click.Choice(["bf16", "fp8"]), default=None,
+              help="Weight precision (default: the profile's recommended one).")
+@click.option("--variant", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True,
+              help="Which of the profile's layouts to use.")
+@click.option("--model", "model", default=None, metavar="NAME_OR_PATH",
+              help="Built-in model name or HF checkpoint directory (default: Super-49B).")
+@click.option("--max-seq-len", type=int, default=None, help="Override max_seq_len (prompt + output tokens).")
+@click.option("--max-batch-size", type=int, default=None, help="Override max_batch_size.")
+@click.option("--max-input-len", type=int, default=None, help="Override max_input_len.")
+@click.option("--max-num-tokens", type=int, default=None, help="Override max_num_tokens (tokens per iteration).")
+@click.option("--tp", type=int, default=None, help="Override tensor parallel size.")
+@click.option("--pp", type=int, default=None, help="Override pipeline parallel size.")
+@click.option("--input-len", type=int, default=2048, show_default=True, help="Typical prompt length for the concurrency estimate.")
+@click.option("--output-len", type=int, default=1024, show_default=True, help="Typical output length for the concurrency estimate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (Plan.model_dump).")
+def command(gpu, precision, variant, model, max_seq_len, max_batch_size, max_input_len, max_num_tokens, tp, pp,
+            input_len, output_len, as_json):
+    """Plan a build: weights, activations and KV cache per rank, and the settings with reasons.
+
+    Fails (exit 2) with the reason and a fix when the build cannot work: FP8 on
+    Ampere, weights that do not fit, a TP size that does not divide the heads,
+    max_seq_len above the model's 131,072, or a KV cache too small for one
+    max_seq_len sequence.
+
+    \b
+    Examples:
+      nemo-trt plan --gpu h100x2                       # FP8, throughput layout
+      nemo-trt plan --gpu h100x2 --precision bf16 --variant latency
+      nemo-trt plan --gpu a100x4 --max-seq-len 131072 --json
+      nemo-trt plan --gpu auto --input-len 512 --output-len 4096
+      nemo-trt plan --gpu h200x1 --model /models/Llama-3_3-Nemotron-Super-49B-v1
+    """
+    from nemo_trt.build.gpu_detect import resolve_gpu_profile
+    from nemo_trt.build.planner import make_plan
+    from nemo_trt.build.spec import ModelSpec
+    from nemo_trt.console import console, print_json
+    from nemo_trt.model_facts import DEFAULT_MODEL, resolve_model
+
+    model_dir = resolve_model(model or DEFAULT_MODEL)
+    spec = ModelSpec.from_path(model_dir)
+    profile = resolve_gpu_profile(gpu)
+    plan = make_plan(spec, profile, precision=precision, variant=variant, max_seq_len=max_seq_len,
+                     max_batch_size=max_batch_size, max_input_len=max_input_len, max_num_tokens=max_num_tokens,
+                     input_len=input_len, output_len=output_len, tp=tp, pp=pp)
+    if as_json:
+        print_json(plan.model_dump(mode="json"))
+    else:
+        render_plan(plan, console)
