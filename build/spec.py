@@ -211,6 +211,9 @@ def _parse_rope(cfg: dict, source: str) -> RopeScaling | None:
     rs = cfg.get("rope_scaling")
     if rs is None:
         return None
+    if not isinstance(rs, dict):
+        raise NemoTrtError(f"{source}: rope_scaling must be an object, got {rs!r}",
+                           "restore config.json from the original checkpoint")
     rope_type = rs.get("rope_type", rs.get("type"))
     if rope_type != "llama3":
         raise NemoTrtError(f"{source}: rope_scaling type {rope_type!r} is not supported (only 'llama3')",
@@ -242,8 +245,12 @@ def _parse_block(i: int, block: dict, num_heads: int, hidden: int, source: str) 
         raise NemoTrtError(f"{source}: block_configs[{i}] must have 'attention' and 'ffn' objects",
                            "restore config.json from the original checkpoint")
     att, ffn = block["attention"], block["ffn"]
+    if not isinstance(att, dict) or not isinstance(ffn, dict):
+        raise NemoTrtError(f"{source}: block_configs[{i}] 'attention' and 'ffn' must be JSON objects",
+                           "restore config.json from the original checkpoint")
     for key, default in _UNSUPPORTED_ATTENTION.items():
-        if att.get(key, default) not in (default, None if default is None else default):
+        value = att.get(key)
+        if value is not None and value != default:  # null means "unset" for every one of these keys
             raise NemoTrtError(
                 f"{source}: layer {i} uses attention.{key}={att[key]!r}, which TensorRT-LLM's DeciLM "
                 "does not support (sparsification, sink tokens and windows are not implemented)",
