@@ -1,0 +1,171 @@
+"""Render the Super-49B v1 chat template straight to token ids.
+
+Rendering the template to a string and tokenizing it would let a user who types
+`<|eot_id|>` end their own turn and forge a system or assistant turn. Here the
+special tokens of the template are inserted as ids and every piece of text (user,
+assistant, system) is encoded with special-token parsing disabled, so user text can
+only ever become plain-text tokens. For ordinary text the ids are identical to
+tokenizing the rendering of serving.yaml's `chat_template` (tests check that).
+
+Template rules (model-nemotron-super-49b-v1.md §9): single BOS; the system turn is
+exactly `detailed thinking on|off`; each turn is `<|start_header_id|>{role}
+<|end_header_id|>\\n\\n{content|trim}<|eot_id|>`; assistant history keeps only the
+text after the last `</think>`; the prompt ends with the assistant header.
+A client's own system message is not allowed to replace the reasoning switch: the
+model card says all instructions belong in the user turn, so it is prepended to the
+first user message (blank line between). A system message that *is* a reasoning
+switch (`detailed thinking off`, as the model card's examples send) selects the mode.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from nemo_trt.model_facts import DEFAULT_MODEL, ServingFacts, load_serving_facts
+
+ROLES = ("system", "user", "assistant")
+BOS = "<|begin_of_text|>"
+START_HEADER = "<|start_header_id|>"
+END_HEADER = "<|end_header_id|>"
+EOT = "<|eot_id|>"
+
+
+class PromptError(ValueError):
+    """The request's prompt is malformed; the message is shown to the client as is."""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    ids: list[int]
+    reasoning: str  # "on" | "off": the mode the system turn selects
+
+
+def decode_utf8(raw: bytes | str, what: str) -> str:
+    if isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PromptError(f"{what} is not valid UTF-8 (byte {exc.start}): send UTF-8 text") from None
+
+
+def parse_messages(raw: bytes | str | list) -> list[ChatMessage]:
+    """Validate a chat as sent in the `messages` input: JSON list of {role, content}."""
+    if isinstance(raw, (bytes, str)):
+        text = decode_utf8(raw, "messages")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PromptError(f"messages is not valid JSON ({exc.msg} at char {exc.pos}): "
+                              'send a JSON list like [{"role": "user", "content": "Hi"}]') from None
+    else:
+        data = raw
+    if not isinstance(data, list):
+        raise PromptError(f"messages must be a JSON list of {{role, content}} objects, got {type(data).__name__}")
+    if not data:
+        raise PromptError("messages is an empty list: send at least one user message")
+    messages = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise PromptError(f"messages[{i}] must be an object with role and content, got {type(item).__name__}")
+        role, content = item.get("role"), item.get("content")
+        if role not in ROLES:
+            raise PromptError(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise PromptError(f"messages[{i}].content must be a string, got {type(content).__name__}")
+        if role == "system" and i != 0:
+            raise PromptError(f"messages[{i}] is a system message: only the first message may be a system message")
+        messages.append(ChatMessage(role, content))
+    if messages[-1].role != "user":
+        raise PromptError(f"the last message must be a user message, got {messages[-1].role!r}")
+    return messages
+
+
+def parse_reasoning(value: bytes | str | None, default: str) -> str:
+    if value is None:
+        return default
+    text = decode_utf8(value, "reasoning").strip().lower()
+    if text == "":
+        return default
+    aliases = {"on": "on", "off": "off", "true": "on", "false": "off", "1": "on", "0": "off"}
+    if text not in aliases:
+        raise PromptError(f"reasoning must be 'on' or 'off', got {text!r}")
+    return aliases[text]
+
+
+class PromptRenderer:
+    """Chat → ids for one tokenizer; safe to share across requests (no per-call state)."""
+
+    def __init__(self, tokenizer: Tokenizer, facts: ServingFacts):
+        # A private copy: the flag below must not leak into other users of the tokenizer.
+        self._tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self._tokenizer.encode_special_tokens = True
+        self.facts = facts
+        self._special = {}
+        for token in (BOS, START_HEADER, END_HEADER, EOT):
+            token_id = self._tokenizer.token_to_id(token)
+            if token_id is None:
+                raise ValueError(f"the tokenizer has no {token} token: it is not a Llama-3 tokenizer")
+            self._special[token] = token_id
+        self._switches = {prompt.strip(): mode for mode, prompt in facts.reasoning.system_prompts.items()}
+
+    @classmethod
+    def from_dir(cls, tokenizer_dir: str | Path, facts: ServingFacts | None = None) -> PromptRenderer:
+        tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+        return cls(tokenizer, facts or load_serving_facts(DEFAULT_MODEL))
+
+    def encode_text(self, text: str) -> list[int]:
+        """Plain text → ids; `<|eot_id|>` typed by a user stays text."""
+        if not text:
+            return []
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _turn(self, role: str, content: str) -> list[int]:
+        return (
+            [self._special[START_HEADER]]
+            + self.encode_text(role)
+            + [self._special[END_HEADER]]
+            + self.encode_text("\n\n" + content)
+            + [self._special[EOT]]
+        )
+
+    def render(self, messages: list[ChatMessage], reasoning: str | None = None,
+               default: str | None = None) -> RenderedPrompt:
+        """`reasoning` None: a system-message switch, else `default` (else the model's) decides."""
+        messages = list(messages)
+        client_system = None
+        if messages and messages[0].role == "system":
+            text = messages.pop(0).content.strip()
+            if text in self._switches:
+                if reasoning is None:
+                    reasoning = self._switches[text]
+            elif text:
+                client_system = text
+        if not messages or messages[-1].role != "user":
+            raise PromptError("the last message must be a user message")
+        mode = reasoning or default or self.facts.reasoning.default
+        if client_system is not None:
+            first_user = next(i for i, m in enumerate(messages) if m.role == "user")
+            merged = f"{client_system}\n\n{messages[first_user].content}"
+            messages[first_user] = ChatMessage("user", merged)
+        ids = [self._special[BOS]] + self._turn("system", self.facts.system_prompt(mode))
+        for message in messages:
+            content = message.content
+            if message.role == "assistant" and self.facts.reasoning.close_tag in content:
+                content = content.split(self.facts.reasoning.close_tag)[-1]
+            ids += self._turn(message.role, content.strip())
+        ids += [self._special[START_HEADER]] + self.encode_text("assistant") + [self._special[END_HEADER]]
+        ids += self.encode_text("\n\n")
+        return RenderedPrompt(ids, mode)
+
+    def render_text(self, text: str, reasoning: str | None = None, default: str | None = None) -> RenderedPrompt:
+        return self.render([ChatMessage("user", text)], reasoning, default)
