@@ -7,8 +7,16 @@ from rich.table import Table
 from nemo_trt.build.planner import BuildSettings, Plan
 
 
-def gb(n: int) -> str:
-    return f"{n / 1e9:,.2f} GB"
+def _groups(plan: Plan) -> list[list]:
+    """Consecutive ranks whose figures are identical (all TP ranks of a stage, normally)."""
+    groups: list[tuple] = []
+    for r in plan.ranks:
+        key = (r.pp_rank, r.weight_bytes, r.activation_bytes, r.free_bytes_for_kv, r.kv_tokens)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(r)
+        else:
+            groups.append((key, [r]))
+    return [members for _, members in groups]
 
 
 def render_plan(plan: Plan, console: Console, *, show_reasons: bool = True) -> None:
@@ -21,15 +29,17 @@ def render_plan(plan: Plan, console: Console, *, show_reasons: bool = True) -> N
         f"TP {plan.tp} x PP {plan.pp} = {plan.world_size} GPU(s)"
     )
 
-    table = Table(title="Memory per rank", title_justify="left")
-    for col in ("rank", "tp", "pp", "layers", "attn", "weights", "activations", "KV pool", "KV B/token",
-                "KV tokens"):
-        table.add_column(col, justify="right")
-    for r in plan.ranks:
+    table = Table(title="Memory per GPU (ranks with identical figures grouped)", title_justify="left")
+    for col in ("ranks", "layers", "attn layers", "weights GB", "act. GB", "KV pool GB", "KV B/ token"):
+        table.add_column(col.replace(" ", "\n", 1), justify="right")
+    table.add_column("KV\ntokens", justify="right", no_wrap=True)
+    for group in _groups(plan):
+        r = group[0]
+        ranks = str(r.rank) if len(group) == 1 else f"{r.rank}-{group[-1].rank}"
         table.add_row(
-            str(r.rank), str(r.tp_rank), str(r.pp_rank), f"{r.layers[0]}-{r.layers[1]}", str(r.attention_layers),
-            gb(r.weight_bytes), gb(r.activation_bytes), gb(r.free_bytes_for_kv), f"{r.kv_bytes_per_token:,}",
-            f"{r.kv_tokens:,}",
+            ranks, f"{r.layers[0]}-{r.layers[1]}", str(r.attention_layers),
+            f"{r.weight_bytes / 1e9:.2f}", f"{r.activation_bytes / 1e9:.2f}", f"{r.free_bytes_for_kv / 1e9:.2f}",
+            f"{r.kv_bytes_per_token:,}", f"{r.kv_tokens:,}",
         )
     console.print(table)
     console.print(
