@@ -200,8 +200,9 @@ def test_max_seq_len_above_model(spec):
 
 
 def test_kv_too_small_for_one_sequence(spec):
-    # h100x2 BF16: 267,328 KV tokens < 1 sequence of 131,072? no: 131,072 fits; at TP2 with max_num_tokens
-    # large enough the pool shrinks. Use the real pain point: BF16 on h200x1 at full context with big batches.
+    # One full 131,072-token BF16 sequence needs 26.3 GB of KV (§7.3). h200x1 BF16 has a 40.8 GB pool: fits.
+    # h100x2 BF16 with max_num_tokens 65,536: activations grow to ~21.6 GB per rank, the pool shrinks to
+    # (85.5 - 50.9 - 21.6) x 0.9 = ~11.7 GB = ~116k tokens at 100,352 B/token -> less than one sequence.
     plan = make_plan(spec, load_profile("h200x1"), precision="bf16", max_seq_len=131_072, max_input_len=65_536,
                      input_len=2048, output_len=1024)
     assert plan.kv_tokens >= 131_072  # one full-length sequence still fits (26.3 GB of KV)
