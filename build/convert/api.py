@@ -1,0 +1,106 @@
+"""`convert_checkpoint`: validate, plan, (calibrate), stream rank files, manifest, atomic rename."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nemo_trt.atomic import atomic_dir
+from nemo_trt.build.convert import manifest as mf
+from nemo_trt.build.convert.converter import (KV_DTYPES, PRECISIONS, QuantSettings, plan_jobs, total_bytes,
+                                              write_config, write_rank_files)
+from nemo_trt.build.convert.trtllm_config import DTYPE_NAMES, make_config
+from nemo_trt.build.convert.weight_map import check_parallelism
+from nemo_trt.errors import NemoTrtError
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    output: Path
+    tp: int
+    pp: int
+    precision: str
+    kv_cache_dtype: str
+    up_to_date: bool                  # True: nothing was done, the output already matched
+    files: dict[str, str] = field(default_factory=dict)   # file -> sha256
+    bytes_written: int = 0
+    seconds: float = 0.0
+    calibration: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output), "tp": self.tp, "pp": self.pp, "precision": self.precision,
+                "kv_cache_dtype": self.kv_cache_dtype, "up_to_date": self.up_to_date, "files": self.files,
+                "bytes_written": self.bytes_written, "seconds": round(self.seconds, 3),
+                "calibration": self.calibration}
+
+
+def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, pp: int = 1,
+                       precision: str = "bf16", kv_cache_dtype: str | None = None, workers: int = 1,
+                       force: bool = False, calib_prompts: str | Path | None = None, device: str = "cpu",
+                       progress: bool = True, calibrator: str = "reference") -> ConversionResult:
+    from nemo_trt.build.convert import calibrate as cal
+    from nemo_trt.build.convert.source import SourceWeights
+
+    t0 = time.perf_counter()
+    if precision not in PRECISIONS:
+        raise NemoTrtError(f"unknown precision {precision!r}", "use --precision bf16 or --precision fp8")
+    kv_cache_dtype = kv_cache_dtype or "bf16"
+    if kv_cache_dtype not in KV_DTYPES:
+        raise NemoTrtError(f"unknown KV-cache dtype {kv_cache_dtype!r}", "use --kv-cache-dtype bf16 or fp8")
+    if workers < 1:
+        raise NemoTrtError(f"--workers must be >= 1, got {workers}", "pass --workers 1 or more")
+    src = SourceWeights(checkpoint)  # validates config, shards, names, shapes, dtypes, quant config
+    spec = src.spec
+    check_parallelism(spec, tp, pp)
+    dtype = DTYPE_NAMES.get(spec.torch_dtype, "bfloat16")
+    if precision == "fp8" and dtype == "float32":
+        dtype = "bfloat16"  # FP8 GEMMs run with 16-bit activations
+    if src.quantized and kv_cache_dtype == "fp8" and any(src.kv_scale(l.index) is None for l in spec.attention_layers):
+        raise NemoTrtError("the FP8 checkpoint has no k_scale/v_scale for an FP8 KV cache",
+                           "use --kv-cache-dtype bf16, or convert the BF16 checkpoint (nemo-trt calibrates the KV cache)")
+    needs_calibration = not src.quantized and (precision == "fp8" or kv_cache_dtype == "fp8")
+    prompts = cal.load_prompts(calib_prompts) if needs_calibration else None
+    plan = {"tp": tp, "pp": pp, "precision": precision, "kv_cache_dtype": kv_cache_dtype, "dtype": dtype,
+            "source_quantization": src.quant.quant_algo,
+            "calibration": cal.settings(prompts, calibrator, device) if prompts is not None else None}
+    inputs = mf.make_inputs(src.ckpt.fingerprint(), plan)
+    output = Path(output)
+    if output.exists() and not force:
+        if mf.is_up_to_date(output, inputs):
+            return ConversionResult(output, tp, pp, precision, kv_cache_dtype, True,
+                                    {n: f["sha256"] for n, f in (mf.load_manifest(output) or {})["files"].items()},
+                                    0, time.perf_counter() - t0, plan["calibration"])
+        raise NemoTrtError(f"{output} already exists and was made from other inputs (or is not a nemo-trt conversion)",
+                           "pass --force to replace it, or choose another --output")
+
+    q = QuantSettings(precision, kv_cache_dtype, dtype)
+    calibration = None
+    if needs_calibration:
+        calibration = cal.calibrate(checkpoint, prompts, device=device, calibrator=calibrator,
+                                    kv=kv_cache_dtype == "fp8")
+        q = QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
+
+    total = total_bytes(spec, tp, pp, q)
+    with atomic_dir(output, replace=force) as tmp:
+        files = {"config.json": write_config(tmp, make_config(spec, tp, pp, precision=precision,
+                                                              kv_cache_dtype=kv_cache_dtype, dtype=dtype))}
+        jobs = plan_jobs(tp, pp, workers, str(src.directory), str(tmp), q)
+        files.update(_with_progress(jobs, workers, total, progress, output.name))
+        extra = {"calibration_result": {"settings": calibration.settings, "tokens": calibration.settings.get("tokens")}
+                 } if calibration else None
+        mf.write_manifest(tmp, inputs, files, extra)
+    return ConversionResult(output, tp, pp, precision, kv_cache_dtype, False, files, total,
+                            time.perf_counter() - t0, calibration.settings if calibration else plan["calibration"])
+
+
+def _with_progress(jobs, workers: int, total: int, show: bool, label: str) -> dict[str, str]:
+    if not show:
+        return write_rank_files(jobs, workers, None)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from nemo_trt.console import err_console
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task(f"converting → {label}", total=total)
+        return write_rank_files(jobs, workers, lambda n: bar.advance(task, n))

@@ -1,0 +1,142 @@
+"""The HF side of a conversion: weights read one at a time, plus ModelOpt FP8 metadata.
+
+Tensors are read with plain `readinto` at the byte ranges of the (already validated)
+safetensors headers rather than through `safe_open`: a memory map keeps every page it
+touched resident in the converter process, so converting a 100 GB checkpoint through one
+would grow RSS towards the checkpoint size. A pread'd tensor is freed as soon as it is written.
+
+A checkpoint quantized by NVIDIA ModelOpt (`hf_quant_config.json`, or `quantization_config`
+with quant_method "modelopt" in config.json) stores FP8 `weight`s with per-tensor float32
+`weight_scale` and `input_scale` next to them, and `k_scale` / `v_scale` for an FP8 KV cache
+(on `self_attn.{k,v}_proj` or on `self_attn`).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nemo_trt.build.hf_checkpoint import DTYPES, HFCheckpoint
+from nemo_trt.build.spec import ModelSpec
+from nemo_trt.errors import NemoTrtError
+
+
+@dataclass(frozen=True)
+class SourceQuant:
+    quant_algo: str | None          # "FP8" for a ModelOpt FP8 checkpoint
+    kv_cache_quant_algo: str | None
+    producer: str | None
+
+
+def read_source_quant(directory: Path, spec: ModelSpec) -> SourceQuant:
+    hq = directory / "hf_quant_config.json"
+    block: dict | None = None
+    producer = None
+    if hq.is_file():
+        try:
+            data = json.loads(hq.read_text())
+            block = data["quantization"]
+            producer = (data.get("producer") or {}).get("name")
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise NemoTrtError(f"{hq} is not a valid ModelOpt quantization config",
+                               "restore hf_quant_config.json from the original checkpoint") from exc
+    else:
+        qc = spec.raw_config.get("quantization_config")
+        if qc:
+            method = qc.get("quant_method")
+            if method != "modelopt":
+                raise NemoTrtError(f"checkpoint is quantized with {method!r}, which nemo-trt cannot convert",
+                                   "use the BF16 checkpoint (nemo-trt quantizes to FP8 itself) or a ModelOpt FP8 export")
+            block, producer = qc, "modelopt"
+    if block is None:
+        return SourceQuant(None, None, None)
+    algo, kv = block.get("quant_algo"), block.get("kv_cache_quant_algo")
+    if algo not in (None, "FP8") or kv not in (None, "FP8"):
+        raise NemoTrtError(f"ModelOpt quantization {algo!r} / KV {kv!r} is not supported (only FP8)",
+                           "use a ModelOpt FP8 export or the BF16 checkpoint")
+    return SourceQuant(algo, kv, producer)
+
+
+class SourceWeights:
+    """Validated HF checkpoint + readers for weights and their ModelOpt scales."""
+
+    def __init__(self, directory: str | Path):
+        self.ckpt = HFCheckpoint(directory)
+        self.ckpt.validate()
+        self.spec = self.ckpt.spec
+        self.directory = self.ckpt.directory
+        self.quant = read_source_quant(self.directory, self.spec)
+        self._data_start: dict[str, int] = {}
+        self._offsets: dict[str, tuple[int, int]] = {}
+        for shard in self.ckpt.shards:
+            with open(self.directory / shard, "rb") as fh:
+                (hlen,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(hlen))
+            self._data_start[shard] = 8 + hlen
+            for name, meta in header.items():
+                if name != "__metadata__":
+                    self._offsets[name] = tuple(meta["data_offsets"])  # type: ignore[assignment]
+        self._check_quantized()
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant.quant_algo == "FP8"
+
+    def _check_quantized(self) -> None:
+        fp8 = [n for n, i in self.ckpt.tensors.items() if i.dtype.startswith("F8")]
+        if fp8 and not self.quantized:
+            raise NemoTrtError(f"{self.directory} holds FP8 tensors ({fp8[0]} …) but no ModelOpt quantization config",
+                               "add the hf_quant_config.json that came with the checkpoint")
+        for name in fp8:
+            if name.rsplit(".", 1)[0] + ".weight_scale" not in self.ckpt.tensors:
+                raise NemoTrtError(f"FP8 tensor {name!r} has no weight_scale",
+                                   "re-export the checkpoint with ModelOpt; the scales are missing")
+
+    def has(self, name: str) -> bool:
+        return name in self.ckpt.tensors
+
+    def read(self, name: str) -> torch.Tensor:
+        info = self.ckpt.tensors.get(name)
+        if info is None:
+            raise NemoTrtError(f"tensor {name!r} is not in checkpoint {self.directory}",
+                               "re-download the checkpoint; config.json and the weights do not match")
+        begin, end = self._offsets[name]
+        buf = torch.empty(end - begin, dtype=torch.uint8)
+        path = self.directory / info.shard
+        try:
+            with open(path, "rb", buffering=0) as fh:
+                fh.seek(self._data_start[info.shard] + begin)
+                view = memoryview(buf.numpy())
+                got = 0
+                while got < len(view):
+                    n = fh.readinto(view[got:])
+                    if not n:
+                        raise NemoTrtError(f"{path} ended while reading {name!r}", f"re-download {info.shard}; it is truncated")
+                    got += n
+        except OSError as exc:
+            raise NemoTrtError(f"cannot read {name!r} from {path}: {exc.strerror or exc}",
+                               f"check {info.shard} is readable") from exc
+        dtype = DTYPES[info.dtype][0]
+        return buf.view(dtype).reshape(info.shape) if info.nbytes else torch.empty(info.shape, dtype=dtype)
+
+    def is_fp8(self, name: str) -> bool:
+        return self.ckpt.tensors[name].dtype.startswith("F8")
+
+    def _scalar(self, name: str) -> float | None:
+        return float(self.read(name).float().reshape(-1)[0]) if name in self.ckpt.tensors else None
+
+    def weight_scale(self, weight_name: str) -> float | None:
+        return self._scalar(weight_name.rsplit(".", 1)[0] + ".weight_scale")
+
+    def input_scale(self, weight_name: str) -> float | None:
+        return self._scalar(weight_name.rsplit(".", 1)[0] + ".input_scale")
+
+    def kv_scale(self, layer: int) -> float | None:
+        """max(k_scale, v_scale) of a layer (one KV scale per attention in TensorRT-LLM), or None."""
+        p = f"model.layers.{layer}.self_attn."
+        found = [self._scalar(n) for n in (p + "k_proj.k_scale", p + "v_proj.v_scale", p + "k_scale", p + "v_scale")]
+        found = [s for s in found if s is not None]
+        return max(found) if found else None

@@ -1,0 +1,102 @@
+"""Stream a safetensors file tensor by tensor, so a rank file never sits in memory.
+
+`safetensors.torch.save_file` needs every tensor at once. The format is simple
+(https://github.com/huggingface/safetensors#format): 8-byte little-endian header
+length, a JSON header mapping names to {dtype, shape, data_offsets}, then the raw
+bytes. Shapes and dtypes are known from the conversion plan before any weight is
+read, so the header is written first and the tensors are appended in order. The
+file's sha256 is computed on the fly (for manifest.json).
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from nemo_trt.build.hf_checkpoint import TORCH_TO_ST
+from nemo_trt.errors import NemoTrtError
+
+# Test hook: called with (path, nbytes) before every data write; a test can raise
+# OSError(ENOSPC) here to simulate a full disk.
+WRITE_HOOK: Callable[[Path, int], None] | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+
+def disk_error(path: Path, exc: OSError) -> NemoTrtError:
+    if exc.errno == errno.ENOSPC:
+        return NemoTrtError(f"disk full while writing {path}", "free space on the output filesystem or choose another --output")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return NemoTrtError(f"cannot write {path}: {exc.strerror}", "choose an output directory you can write to")
+    return NemoTrtError(f"cannot write {path}: {exc.strerror or exc}", "check the output filesystem")
+
+
+class StreamingSafetensorsWriter:
+    def __init__(self, path: str | Path, entries: Sequence[Entry], metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.entries = list(entries)
+        self._next = 0
+        self._sha = hashlib.sha256()
+        header: dict = {"__metadata__": metadata or {"format": "pt"}}
+        offset = 0
+        for e in self.entries:
+            header[e.name] = {"dtype": TORCH_TO_ST[e.dtype], "shape": list(e.shape),
+                              "data_offsets": [offset, offset + e.nbytes]}
+            offset += e.nbytes
+        self.data_bytes = offset
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the reference writer pads the header to 8 bytes
+        try:
+            self._fh = open(self.path, "wb")
+        except OSError as exc:
+            raise disk_error(self.path, exc) from exc
+        self._write(struct.pack("<Q", len(raw)) + raw)
+
+    def _write(self, data) -> None:
+        try:
+            if WRITE_HOOK is not None:
+                WRITE_HOOK(self.path, len(data))
+            self._fh.write(data)
+        except OSError as exc:
+            self._fh.close()
+            raise disk_error(self.path, exc) from exc
+        self._sha.update(data)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        e = self.entries[self._next]
+        if name != e.name or tuple(tensor.shape) != e.shape or tensor.dtype != e.dtype:
+            raise AssertionError(f"writer expected {e.name} {e.dtype}{list(e.shape)}, got {name} {tensor.dtype}{list(tensor.shape)}")
+        if e.nbytes:
+            self._write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+        self._next += 1
+
+    def close(self) -> str:
+        """Finish the file; returns its sha256."""
+        if self._next != len(self.entries):
+            raise AssertionError(f"{self.path}: {len(self.entries) - self._next} tensors not written")
+        try:
+            self._fh.flush()
+            self._fh.close()
+        except OSError as exc:
+            raise disk_error(self.path, exc) from exc
+        return self._sha.hexdigest()
+
+    def abort(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
