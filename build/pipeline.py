@@ -245,6 +245,8 @@ def tensorrt_llm_parameters(plan: Any) -> dict[str, str]:
     return {"max_beam_width": str(b.max_beam_width),
             "batch_scheduler_policy": b.batch_scheduler_policy,
             "kv_cache_free_gpu_mem_fraction": str(b.kv_cache_free_gpu_mem_fraction),
+            # the planner's KV capacity caps the pool: it must hold a max_seq_len sequence (§12 #8)
+            "max_tokens_in_paged_kv_cache": str(getattr(plan, "kv_tokens", 0) or ""),
             "enable_kv_cache_reuse": str(b.enable_kv_cache_reuse).lower(),
             "enable_chunked_context": str(b.enable_chunked_context).lower()}
 
