@@ -70,8 +70,9 @@ class TritonPythonModel:
             torch.set_num_threads(int(threads))
         self.default_exclude_input = rb.parse_bool(rb.parameter(params, "exclude_input_in_output", "true"))
         self.model = rb.load_reference_model(checkpoint)
-        self.vocab_size = getattr(self.model, "vocab_size", None)
-        self.max_input_len = getattr(self.model, "max_position_embeddings", None)
+        spec = getattr(self.model, "spec", None)
+        self.vocab_size = getattr(spec, "vocab_size", None)
+        self.max_input_len = getattr(spec, "max_position_embeddings", None)
         max_active = int(rb.parameter(params, "reference_max_active", str(rb.DEFAULT_MAX_ACTIVE)))
         self.scheduler = rb.Scheduler(self.model, rb.sampling_factory, max_active=max_active).start()
         self.logger = pb_utils.Logger
