@@ -61,7 +61,7 @@ def _model_dir_for(name: str) -> Path | None:
     for candidate in sorted(base.iterdir()):
         facts = candidate / "serving.yaml"
         if facts.is_file():
-            data = yaml.safe_load(facts.read_text())
+            data = yaml.safe_load(facts.read_text(encoding="utf-8"))
             if name.lower() in [a.lower() for a in data.get("aliases", [])] + [data["name"].lower()]:
                 return candidate
     return None
@@ -95,4 +95,4 @@ def load_serving_facts(name: str = DEFAULT_MODEL) -> ServingFacts:
     path = directory / "serving.yaml"
     if not path.is_file():
         path = models_dir() / DEFAULT_MODEL / "serving.yaml"
-    return ServingFacts.model_validate(yaml.safe_load(path.read_text()))
+    return ServingFacts.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
