@@ -183,4 +183,4 @@ def resolve_gpu_profile(name: str, *, detect: Callable[[], list[DetectedGpu]] | 
 
     if name.strip().lower() == "auto":
         return match_profile((detect or detect_gpus)())
-    return load_profile(name)
+    return load_profile(name)  # (load_profile also understands 'auto', via detect_gpus)

@@ -200,7 +200,12 @@ def _load_builtin(name: str) -> GpuProfile:
 
 
 def load_profile(name: str) -> GpuProfile:
-    """A built-in profile by name (h200x1, h100x2, a100x4, a100x8) or the path of a profile YAML."""
+    """A built-in profile by name (h200x1, h100x2, a100x4, a100x8), 'auto' (detect the local GPUs)
+    or the path of a profile YAML."""
+    if name.strip().lower() == "auto":
+        from nemo_trt.build import gpu_detect  # lazy: gpu_detect imports this module
+
+        return gpu_detect.match_profile(gpu_detect.detect_gpus())
     if name.endswith((".yaml", ".yml")) and Path(name).is_file():
         return load_profile_file(name)
     key = name.strip().lower()

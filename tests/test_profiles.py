@@ -213,4 +213,5 @@ def test_resolve_gpu_auto(monkeypatch):
     monkeypatch.setattr(gpu_detect, "detect_gpus",
                         lambda: [DetectedGpu(i, "NVIDIA H100 80GB HBM3", 81559, "9.0") for i in range(2)])
     assert resolve_gpu_profile("auto").name == "h100x2"
+    assert load_profile("auto").name == "h100x2"
     assert resolve_gpu_profile("a100x8").name == "a100x8"
