@@ -32,7 +32,6 @@ from nemo_trt.build.spec import FFNKind, ModelSpec
 from nemo_trt.errors import NemoTrtError
 
 MIB = 1024 * 1024
-GIB = 1024 * MIB
 ACTIVATION_FACTOR = 2
 ACTIVATION_BYTES = 2  # activations stay 16-bit even in FP8 engines (FP8 GEMMs output BF16)
 CUDA_CONTEXT_BYTES = 1536 * MIB  # CUDA context + cuBLAS/TensorRT workspaces + runtime buffers
@@ -122,8 +121,8 @@ def activation_bytes(spec: ModelSpec, *, tp: int, max_num_tokens: int, max_batch
     h, d = spec.hidden_size, spec.head_dim
     first, last = layers
     stage = spec.layers[first:last + 1]
-    qkv = max((spec.num_attention_heads // tp + 2 * accounting.kv_heads_per_rank(layer.num_kv_heads, tp)) * d
-              for layer in stage if layer.has_kv_cache) if any(layer.has_kv_cache for layer in stage) else 0
+    qkv = max(((spec.num_attention_heads // tp + 2 * accounting.kv_heads_per_rank(layer.num_kv_heads, tp)) * d
+               for layer in stage if layer.has_kv_cache), default=0)
     dff = max((accounting.ceil_div(layer.intermediate_size, tp) for layer in stage if layer.ffn is FFNKind.MLP),
               default=0)
     if any(layer.ffn is FFNKind.LINEAR for layer in stage):
