@@ -45,7 +45,8 @@ def render_plan(plan: Plan, console: Console, *, show_reasons: bool = True) -> N
     console.print(
         f"KV cache: [bold]{plan.kv_tokens:,}[/] tokens per engine -> {plan.kv_limited_sequences} sequences of "
         f"{plan.input_len}+{plan.output_len} tokens; concurrency [bold]{plan.concurrent_sequences}[/] "
-        f"(max_batch_size {plan.build.max_batch_size})"
+        f"(max_batch_size {plan.build.max_batch_size}); {plan.kv_tokens // plan.build.max_seq_len} full "
+        f"max_seq_len ({plan.build.max_seq_len:,}-token) sequence(s) fit at once"
     )
 
     settings = Table(title="Build and runtime settings", title_justify="left")
