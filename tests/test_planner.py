@@ -251,3 +251,17 @@ def test_cli_plan_table():
     assert "Memory per GPU" in result.output and "2,480,160" in result.output
     assert "0-7" in result.output  # the 8 identical TP ranks are one row
     assert "guaranteed_no_evict" in result.output and "batch_scheduler_policy" in result.output
+
+
+def test_render_plan_for_other_commands(spec):
+    from rich.console import Console
+
+    from nemo_trt.commands.plan import render_plan  # the helper demo / build --dry-run reuse
+
+    console = Console(record=True, width=240)
+    plan = make_plan(spec, load_profile("a100x8"), tp=1, pp=8)
+    render_plan(plan, console)
+    text = console.export_text()
+    assert "TP 1 x PP 8 = 8 GPU(s)" in text and "60-69" in text and "1,377,216" in text
+    assert "warning: PP stage 6" in text and "activations/rank =" in text
+    assert plan.build.reasons["gemm_plugin"] in text
