@@ -1,0 +1,430 @@
+"""The tiny DeciLM fixture: every block kind of the Nemotron-NAS architecture, real tokenizer, trained protocol.
+
+A small `DeciLMForCausalLM` checkpoint that exercises everything the real
+Super-49B conversion, sharding and serving paths meet (attention with several
+KV-head counts, no-op and linear attention, MLPs of different widths, no-op and
+linear FFNs, untied lm_head, llama3 RoPE scaling, the full 128,256 vocabulary),
+small enough for CPU tests, and sized so TP 1/2/4/8 and PP 2 are all valid.
+
+Its weights are not random: a short, seeded training run teaches it the
+Nemotron response protocol, so serving tests can check real behaviour:
+
+- system `detailed thinking on`  -> `<think>\\n…\\n</think>\\n\\n<answer><|eot_id|>`
+- system `detailed thinking off` -> `<answer><|eot_id|>`
+
+Training touches only the vocabulary the data uses (plus one shared row for
+all other tokens, trained with the exact full-vocabulary softmax), which keeps
+it well under two minutes on two CPU cores.
+
+`tiny_checkpoint(seed)` returns the trained checkpoint from a cache keyed by
+everything that determines it; concurrent callers wait on a file lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from nemo_trt.atomic import atomic_dir
+from nemo_trt.build.hf_checkpoint import write_hf_checkpoint
+from nemo_trt.build.spec import ModelSpec
+from nemo_trt.build.tokenizer_files import (
+    BOS_ID,
+    EOT_ID,
+    STOP_IDS,
+    load_tokenizer,
+    llama3_tokenizer_json_path,
+    render_chat,
+    tokenizer_files,
+)
+from nemo_trt.errors import NemoTrtError
+
+TINY_NAME = "nemo-trt-tiny-decilm"
+# Bump when the data, the model init or the training loop changes (invalidates caches).
+RECIPE_VERSION = 1
+MAX_SHARD_BYTES = 4 * 1024 * 1024
+HIDDEN = 256
+HEADS = 8  # head_dim 32: the smallest size TensorRT-LLM's attention kernels cover
+
+# (attention, ffn): attention = n_heads_in_group | "linear" | "no_op"; ffn = ffn_mult | "linear" | "no_op".
+# ffn_mult values are Super-49B's own (5.25, 2.625, 1.3125): at hidden 256 they give
+# intermediate sizes 1024, 512 and 256 after the round-up-to-256 rule.
+TINY_BLOCKS: tuple[tuple[object, object], ...] = (
+    (1, 5.25),           # 0: attention, 8 KV heads (MHA); MLP 1024
+    (4, 2.625),          # 1: attention, 2 KV heads; MLP 512
+    ("no_op", 1.3125),   # 2: no attention (like Super layers 42-70); MLP 256
+    (8, "no_op"),        # 3: attention, 1 KV head (KV duplicated at TP>1); no FFN
+    ("linear", 2.625),   # 4: linear attention (51B-style); MLP 512
+    (4, "linear"),       # 5: attention, 2 KV heads; linear FFN
+    ("no_op", "no_op"),  # 6: fully skipped layer (Ultra-style)
+    (1, 5.25),           # 7: attention, 8 KV heads; MLP 1024
+)
+
+
+def _block(att: object, ffn: object) -> dict:
+    attention = {
+        "n_heads_in_group": att if isinstance(att, int) else None,
+        "no_op": att == "no_op",
+        "replace_with_linear": att == "linear",
+        "sparsify": None,
+        "num_sink_tokens": None,
+        "unshifted_sink": False,
+        "use_prefill_window_in_sink_attention": False,
+        "window_length": None,
+    }
+    feed_forward = {
+        "ffn_mult": ffn if isinstance(ffn, float) else None,
+        "no_op": ffn == "no_op",
+        "replace_with_linear": ffn == "linear",
+        "sparsify": None,
+    }
+    return {"attention": attention, "ffn": feed_forward}
+
+
+def tiny_config() -> dict:
+    """config.json of the tiny model, shaped like Super-49B's (model reference §2-§3)."""
+    return {
+        "_name_or_path": TINY_NAME,
+        "architectures": ["DeciLMForCausalLM"],
+        "model_type": "nemotron-nas",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "block_configs": [_block(a, f) for a, f in TINY_BLOCKS],
+        "bos_token_id": BOS_ID,
+        "eos_token_id": list(STOP_IDS),
+        "hidden_act": "silu",
+        "hidden_size": HIDDEN,
+        "initializer_range": 0.02,
+        "intermediate_size": None,
+        "max_position_embeddings": 131072,
+        "mlp_bias": False,
+        "num_attention_heads": HEADS,
+        "num_hidden_layers": len(TINY_BLOCKS),
+        "num_key_value_heads": None,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.48.3",
+        "use_cache": True,
+        "vocab_size": 128256,
+    }
+
+
+def tiny_spec() -> ModelSpec:
+    return ModelSpec.from_config(tiny_config(), name=TINY_NAME, source="tiny config")
+
+
+# ---- training data -------------------------------------------------------------
+@dataclass(frozen=True)
+class Example:
+    question: str
+    reasoning: str
+    answer: str
+
+    def response(self, thinking: bool) -> str:
+        return f"<think>\n{self.reasoning}\n</think>\n\n{self.answer}" if thinking else self.answer
+
+
+_CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Egypt", "Cairo"),
+             ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Canada", "Ottawa"), ("Norway", "Oslo"), ("Greece", "Athens"),
+             ("Chile", "Santiago"), ("Germany", "Berlin")]
+_COLOURS = [("grass", "green"), ("the sky", "blue"), ("snow", "white"), ("a banana", "yellow"), ("coal", "black"),
+            ("a tomato", "red"), ("an orange", "orange"), ("chocolate", "brown")]
+# a + b pairs used in training; HELD_OUT pairs are never trained on (generalisation checks)
+_SUMS = [(1, 2), (2, 5), (3, 3), (4, 1), (5, 2), (6, 3), (7, 1), (8, 4), (9, 2), (2, 8), (3, 6), (5, 5),
+         (6, 7), (7, 7), (8, 1), (9, 9), (1, 6), (4, 4), (2, 3), (3, 9)]
+HELD_OUT_QUESTIONS = ("What is 4 plus 7?", "What is 6 plus 2?")
+
+
+def _sum_example(a: int, b: int) -> Example:
+    return Example(f"What is {a} plus {b}?", f"The user wants {a} plus {b}. {a} plus {b} equals {a + b}.",
+                   f"{a} plus {b} is {a + b}.")
+
+
+def training_examples() -> list[Example]:
+    out = [Example(f"What is the capital of {c}?",
+                   f"The user asks for the capital of {c}. The capital of {c} is {cap}.",
+                   f"The capital of {c} is {cap}.") for c, cap in _CAPITALS]
+    out += [Example(f"What colour is {x}?", f"The user asks about the colour of {x}. It is {col}.",
+                    f"{x[0].upper() + x[1:]} is {col}.") for x, col in _COLOURS]
+    out += [_sum_example(a, b) for a, b in _SUMS]
+    return out
+
+
+def prompt_ids(question: str, thinking: bool, chat_template: str | None = None) -> list[int]:
+    """Token ids of a single-turn chat prompt (model reference §9.3 form A/B) for the tiny model."""
+    template = chat_template or _chat_template()
+    system = "detailed thinking on" if thinking else "detailed thinking off"
+    text = render_chat([{"role": "system", "content": system}, {"role": "user", "content": question}], template)
+    return load_tokenizer().encode(text, add_special_tokens=False).ids
+
+
+def _chat_template() -> str:
+    from nemo_trt.model_facts import load_serving_facts
+
+    return load_serving_facts().chat_template
+
+
+def _sequences() -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids incl. <|eot_id|>) for every example in both reasoning modes.
+
+    Prompt and response are tokenized separately, exactly as at inference time
+    (the prompt is encoded alone and the model produces the response tokens).
+    """
+    tok = load_tokenizer()
+    template = _chat_template()
+    seqs = []
+    for ex in training_examples():
+        for thinking in (True, False):
+            response = tok.encode(ex.response(thinking), add_special_tokens=False).ids + [EOT_ID]
+            seqs.append((prompt_ids(ex.question, thinking, template), response))
+    return seqs
+
+
+# ---- training ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingRecipe:
+    steps: int = 160
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 10
+    weight_decay: float = 0.0
+    init_std: float = 0.02
+    threads: int = 2  # fixed so the float reduction order (and so the weights) never depend on the machine
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@contextlib.contextmanager
+def _deterministic(threads: int) -> Iterator[None]:
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+def _init_weights(model: torch.nn.Module, gen: torch.Generator, std: float) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, train: bool = True,
+               progress: Callable[[int, int, float], None] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Full-vocabulary HF tensors (float32) of the tiny model after training, and training stats.
+
+    The network is trained on the used vocabulary only: a model with
+    V_used + 1 rows, the last row standing for every unused token (its logit
+    gets + log(#unused), which makes the loss exactly the full-vocabulary
+    cross-entropy with those rows tied). Unused lm_head rows are then that
+    trained row, so greedy decoding never prefers them where training did not.
+    """
+    from nemo_trt.reference.model import ReferenceModel
+
+    spec = tiny_spec()
+    seqs = _sequences()
+    used = sorted({t for p, r in seqs for t in p + r})
+    index = {t: i for i, t in enumerate(used)}
+    n_other = spec.vocab_size - len(used)
+    small = dataclasses.replace(spec, vocab_size=len(used) + 1)
+    stats = {"seed": seed, "examples": len(seqs), "used_vocab": len(used), "steps": 0, "seconds": 0.0,
+             "final_loss": None}
+    start = time.perf_counter()
+    with _deterministic(recipe.threads):
+        gen = torch.Generator().manual_seed(seed)
+        model = ReferenceModel(small)
+        _init_weights(model, gen, recipe.init_std)
+        if train:
+            model.train()
+            rng = random.Random(seed)
+            opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
+                                    weight_decay=recipe.weight_decay)
+            log_other = math.log(n_other)
+            order: list[int] = []
+            loss_value = float("nan")
+            for step in range(recipe.steps):
+                if len(order) < recipe.batch_size:
+                    fresh = list(range(len(seqs)))
+                    rng.shuffle(fresh)
+                    order += fresh
+                batch, order = order[:recipe.batch_size], order[recipe.batch_size:]
+                ids, targets = _batch([seqs[i] for i in batch], index)
+                logits = model(ids)
+                logits = torch.cat([logits[..., :-1], logits[..., -1:] + log_other], dim=-1)
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                lr = recipe.lr * min(1.0, (step + 1) / recipe.warmup)
+                lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.step()
+                loss_value = float(loss.detach())
+                if progress:
+                    progress(step + 1, recipe.steps, loss_value)
+            stats["steps"] = recipe.steps
+            stats["final_loss"] = round(loss_value, 5)
+        small_state = {k: v.detach() for k, v in model.state_dict().items()}
+        tensors: dict[str, torch.Tensor] = {}
+        used_idx = torch.tensor(used, dtype=torch.long)
+        for name, shape in spec.hf_tensor_shapes().items():
+            if name == "model.embed_tokens.weight":
+                # Unused embedding rows keep their random init (inputs the model never saw).
+                full = torch.randn(shape, generator=gen) * recipe.init_std
+                full[used_idx] = small_state[name][:-1]
+            elif name == "lm_head.weight":
+                full = small_state[name][-1].expand(shape).clone()
+                full[used_idx] = small_state[name][:-1]
+            else:
+                full = small_state[name].clone()
+            tensors[name] = full
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    return tensors, stats
+
+
+def _batch(items: list[tuple[list[int], list[int]]], index: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and next-token targets (-100 outside the responses); causal attention
+    means the padding never influences the positions that carry a loss."""
+    length = max(len(p) + len(r) for p, r in items) - 1
+    ids = torch.zeros(len(items), length, dtype=torch.long)
+    targets = torch.full((len(items), length), -100, dtype=torch.long)
+    for row, (p, r) in enumerate(items):
+        seq = [index[t] for t in p + r]
+        ids[row, : len(seq) - 1] = torch.tensor(seq[:-1])
+        targets[row, len(p) - 1: len(seq) - 1] = torch.tensor(seq[len(p):])
+    return ids, targets
+
+
+# ---- protocol check ------------------------------------------------------------------
+def check_protocol(generate: Callable[[list[int]], list[int]], questions: list[str] | None = None) -> list[str]:
+    """Problems with the reasoning protocol in greedy outputs (empty list = all good)."""
+    tok = load_tokenizer()
+    problems = []
+    for question in questions or [training_examples()[0].question, HELD_OUT_QUESTIONS[0]]:
+        for thinking in (True, False):
+            out = generate(prompt_ids(question, thinking))
+            text = tok.decode(out, skip_special_tokens=False)
+            where = f"{question!r} with thinking {'on' if thinking else 'off'}: {text!r}"
+            if not out or out[-1] != EOT_ID:
+                problems.append(f"does not end with <|eot_id|>: {where}")
+            elif thinking and not (text.startswith("<think>\n") and "</think>\n\n" in text):
+                problems.append(f"no <think> block: {where}")
+            elif not thinking and "<think>" in text:
+                problems.append(f"unexpected <think>: {where}")
+    return problems
+
+
+# ---- writing and caching ----------------------------------------------------------------
+def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, *, train: bool = True, force: bool = False,
+                          recipe: TrainingRecipe = TrainingRecipe(),
+                          progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train (unless train=False) and write the tiny checkpoint atomically; returns a summary."""
+    tensors, stats = train_tiny(seed, recipe, train=train, progress=progress)
+    if train:
+        from nemo_trt.reference.model import ReferenceModel
+
+        bf16 = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+        model = ReferenceModel.from_state_dict(tiny_spec(), bf16)
+        problems = check_protocol(lambda ids: model.generate(ids, 64, stop_ids=STOP_IDS))
+        if problems:
+            raise NemoTrtError("the tiny model did not learn the response protocol: " + "; ".join(problems),
+                               "report this as a bug (training recipe); `make-tiny --no-train` writes random weights")
+    chat_template = _chat_template()
+    config = tiny_config()
+    files = tokenizer_files(chat_template)
+    files["nemo_trt_tiny.json"] = json.dumps({"seed": seed, "trained": train, "recipe": recipe.to_dict(),
+                                               "recipe_version": RECIPE_VERSION, "stats": stats}, indent=2) + "\n"
+    write_hf_checkpoint(out_dir, config, {k: v.to(torch.bfloat16) for k, v in tensors.items()},
+                        max_shard_bytes=MAX_SHARD_BYTES, extra_files=files, force=force)
+    return {"path": str(Path(out_dir).absolute()), "seed": seed, "trained": train, **stats}
+
+
+def cache_root() -> Path:
+    env = os.environ.get("NEMO_TRT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "nemo-trt"
+
+
+def cache_key(seed: int, recipe: TrainingRecipe = TrainingRecipe()) -> str:
+    from nemo_trt import __version__
+
+    tok_sha = hashlib.sha256(llama3_tokenizer_json_path().read_bytes()).hexdigest()
+    ident = {"seed": seed, "config": tiny_config(), "recipe": recipe.to_dict(), "recipe_version": RECIPE_VERSION,
+             "nemo_trt": __version__, "tokenizer": tok_sha, "chat_template": _chat_template(),
+             "torch": torch.__version__.split("+")[0]}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tiny_checkpoint(seed: int = 0, *, progress: Callable[[int, int, float], None] | None = None) -> Path:
+    """The trained tiny checkpoint for `seed`, from the cache (built once, safely under concurrency)."""
+    root = cache_root() / "tiny"
+    target = root / f"{TINY_NAME}-seed{seed}-{cache_key(seed)}"
+    if _complete(target):
+        return target
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / f".{target.name}.lock", "w")
+    except OSError as exc:
+        raise NemoTrtError(f"cannot use the cache directory {root}: {exc.strerror or exc}",
+                           "set NEMO_TRT_CACHE to a writable directory") from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a racing process waits here, then finds the result
+        try:
+            if not _complete(target):
+                if target.exists():  # pragma: no cover - only after manual tampering
+                    shutil.rmtree(target)
+                write_tiny_checkpoint(target, seed, progress=progress)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+def _complete(path: Path) -> bool:
+    return (path / "model.safetensors.index.json").is_file() and (path / "nemo_trt_tiny.json").is_file()
+
+
+def copy_checkpoint(src: Path, out_dir: str | Path, *, force: bool = False) -> Path:
+    """Copy a checkpoint directory atomically (used by `make-tiny OUT`)."""
+    with atomic_dir(out_dir, replace=force) as tmp:
+        for item in sorted(src.iterdir()):
+            if item.is_file() and not item.name.startswith("."):
+                shutil.copy2(item, tmp / item.name)
+    return Path(out_dir)
+
+
+def weights_sha256(directory: str | Path) -> str:
+    """Hash of every tensor (name, dtype, shape, bytes) in an HF checkpoint, independent of sharding."""
+    from nemo_trt.build.hf_checkpoint import HFCheckpoint
+
+    digest = hashlib.sha256()
+    with HFCheckpoint(directory) as ckpt:
+        for name in sorted(ckpt.tensors):
+            t = ckpt.get(name)
+            digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+            digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
