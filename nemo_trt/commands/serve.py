@@ -1,0 +1,103 @@
+"""`nemo-trt serve`: start tritonserver on a model repository and keep it running."""
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from nemo_trt.console import console, err_console, print_json
+
+
+@click.command("serve")
+@click.option("--repo", required=True, type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="Triton model repository (from `nemo-trt build` or `nemo-trt repo`).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address for HTTP, gRPC and metrics. Use 0.0.0.0 only on a trusted network.")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 = any free port.")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="0 = any free port.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True,
+              help="0 = any free port.")
+@click.option("--log-verbose", type=click.IntRange(0, 6), default=0, show_default=True,
+              help="tritonserver --log-verbose level.")
+@click.option("--model-control-mode", type=click.Choice(["none", "poll", "explicit"]), default="none",
+              show_default=True, help="tritonserver --model-control-mode.")
+@click.option("--log-file", type=click.Path(dir_okay=False), default=None,
+              help="Where the server log goes [default: a temporary file, printed at start].")
+@click.option("--tritonserver", "tritonserver", type=click.Path(exists=True, dir_okay=False), default=None,
+              envvar="TRITONSERVER", help="tritonserver binary [default: $TRITONSERVER, PATH, "
+              "/opt/tritonserver/bin, the nvidia-pytriton copy].")
+@click.option("--startup-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              metavar="SECONDS", help="Give up if the server is not ready by then (49B engines load for minutes).")
+@click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON line once ready.")
+def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_control_mode, log_file,
+            tritonserver, startup_timeout, as_json):
+    """Start Triton on a model repository; Ctrl-C stops it cleanly.
+
+    \b
+    Works with the NGC Triton TensorRT-LLM container (engines; one process per rank under
+    mpirun for TP/PP > 1) and, for the CPU reference backend, with the tritonserver
+    bundled in nvidia-pytriton. Refuses engines built by another TensorRT-LLM version.
+    Binds 127.0.0.1 unless --host says otherwise.
+
+    \b
+    Examples:
+      nemo-trt serve --repo /deploy/super49b/repository
+      nemo-trt serve --repo ./tiny-repo --http-port 0 --grpc-port 0 --metrics-port 0 --json
+      nemo-trt serve --repo ./repo --host 0.0.0.0 --log-verbose 1 --log-file triton.log
+    """
+    from nemo_trt.serve.launcher import TritonServer
+
+    server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                          model_control_mode=model_control_mode, log_verbose=log_verbose, log_file=log_file,
+                          tritonserver=tritonserver, startup_timeout=startup_timeout)
+
+    # SIGTERM (docker stop, systemd) stops the server like Ctrl-C does.
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if as_json:
+            server.start()
+        else:
+            with err_console.status(f"starting tritonserver on {repo} …"):
+                server.start()
+        endpoints = {"http": server.http_url, "grpc": server.grpc_url, "metrics": server.metrics_url,
+                     "log": str(server.log_file), "startup_seconds": round(server.startup_seconds or 0, 2),
+                     "world_size": server.world_size, "pid": server.process.pid}
+        if as_json:
+            print_json(endpoints)
+        else:
+            _print_endpoints(server, endpoints)
+        code = server.wait()
+        raise SystemExit(_died(server, code))
+    except KeyboardInterrupt:
+        err_console.print("stopping tritonserver …")
+        code = server.stop()
+        err_console.print(f"stopped (exit code {code})")
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _print_endpoints(server, endpoints) -> None:
+    console.print(f"[bold green]Triton ready[/] in {endpoints['startup_seconds']} s "
+                  f"({endpoints['world_size']} rank{'s' if endpoints['world_size'] > 1 else ''})")
+    console.print(f"  HTTP     {endpoints['http']}")
+    console.print(f"  gRPC     {endpoints['grpc']}")
+    console.print(f"  metrics  {endpoints['metrics']}")
+    console.print(f"  log      {endpoints['log']}")
+    console.print("\nTry it:")
+    console.print(f"  nemo-trt chat \"Why is the sky blue?\" --url {server.grpc_url}", soft_wrap=True)
+    body = '{"text_input": "Why is the sky blue?", "max_tokens": 64, "stream": true}'
+    console.print(f"  curl -N -X POST {server.http_url}/v2/models/ensemble/generate_stream -d '{body}'",
+                  soft_wrap=True, markup=False)
+    console.print("\nCtrl-C stops the server.")
+
+
+def _died(server, code: int) -> int:
+    err_console.print(f"[bold red]tritonserver exited[/] with code {code}; last log lines:")
+    err_console.print(server.log_tail(), markup=False, highlight=False)
+    sys.stderr.flush()
+    return code or 1
