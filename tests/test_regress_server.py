@@ -1,0 +1,142 @@
+"""`nemo-trt regress` against real tritonservers on the tiny model (CPU reference backend).
+
+- the committed golden `tests/golden/regress_tiny.json` passes against the session server
+  (gRPC, concurrency 2), with JUnit XML parsed and validated;
+- `--properties-only` works without a golden (over HTTP);
+- a repository whose converted checkpoint has one tensor perturbed FAILS with a first-divergence
+  diff (one extra server for this module).
+
+Re-record the golden (after an intended change of the tiny model or the serving pipeline) with
+`NEMO_TRT_REGRESS_RECORD=1 pytest tests/test_regress_server.py -k golden`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from nemo_trt.cli import main
+
+pytestmark = pytest.mark.slow
+
+GOLDEN = Path(__file__).parent / "golden" / "regress_tiny.json"
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def golden_path(reference_server):
+    if os.environ.get("NEMO_TRT_REGRESS_RECORD") == "1":
+        code = main(["regress", "record", "--url", reference_server.grpc_url, "--out", str(GOLDEN), "--force"])
+        assert code == 0
+    assert GOLDEN.is_file(), "record it: NEMO_TRT_REGRESS_RECORD=1 pytest tests/test_regress_server.py"
+    return GOLDEN
+
+
+def test_golden_passes_against_the_session_server(reference_server, golden_path, tmp_path, capsys):
+    junit = tmp_path / "regress.xml"
+    code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", reference_server.grpc_url,
+                         "--concurrency", "2", "--junit", str(junit), "--json", "--timeout", "120"], capsys)
+    report = json.loads(out)
+    failed = [c for c in report["cases"] if not c["passed"]]
+    assert code == 0 and report["passed"], json.dumps(failed, indent=1)[:4000]
+    golden = json.loads(golden_path.read_text())
+    assert {c["name"] for c in report["cases"]} == set(golden["cases"])
+    modes = {c["name"]: c["mode"] for c in report["cases"]}
+    # Greedy and (deterministic backend) seeded cases are compared token for token.
+    assert modes["reasoning-off-greedy"] == "tokens" and modes["reasoning-on-seeded"] == "tokens"
+    assert golden["server"]["deterministic_sampling"] is True
+    assert all(c["latency_ratios"] for c in report["cases"])
+
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("tests") == str(len(golden["cases"])) and suite.get("failures") == "0"
+    assert suite.get("errors") == "0"
+    assert {tc.get("name") for tc in suite.findall("testcase")} == set(golden["cases"])
+    for tc in suite.findall("testcase"):
+        assert float(tc.get("time")) > 0 and tc.find("failure") is None and tc.find("error") is None
+
+
+def test_golden_records_what_ci_needs(golden_path):
+    golden = json.loads(golden_path.read_text())
+    cases = golden["cases"]
+    assert all(c["token_ids"] and c["finish_reason"] in ("stop", "length") for c in cases.values())
+    assert all(c["timings"]["ttft_s"] and c["timings"]["total_s"] for c in cases.values())
+    # The tiny model follows the reasoning protocol: reasoning split from the answer when on.
+    assert cases["reasoning-on-greedy"]["reasoning"].strip() and cases["reasoning-on-greedy"]["answer"].strip()
+    assert not cases["reasoning-off-greedy"]["reasoning"].strip()
+    assert golden["server"]["max_input_len"] and golden["server"]["backend"] == "cpu-reference"
+
+
+def test_properties_only_over_http_without_golden(reference_server, tmp_path, capsys):
+    junit = tmp_path / "props.xml"
+    code, out = run_cli(["regress", "check", "--properties-only", "--protocol", "http",
+                         "--url", reference_server.http_url, "--junit", str(junit), "--json",
+                         "--case", "reasoning-on-greedy", "--case", "stop-words", "--case", "non-ascii"], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["passed"] and report["properties_only"], out[:3000]
+    assert [c["mode"] for c in report["cases"]] == ["properties"] * 3
+    assert report["latency"] is None
+    tcs = ET.parse(junit).getroot().find("testsuite").findall("testcase")
+    assert len(tcs) == 3
+
+
+@pytest.fixture(scope="module")
+def perturbed_server(tiny_checkpoint_dir, tiny_converted_dir, tmp_path_factory):
+    """The same tiny model with one tensor of the converted checkpoint perturbed, behind its own server."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from nemo_trt.serve.launcher import TritonServer
+    from nemo_trt.serve.repo_writer import write_repository
+
+    root = tmp_path_factory.mktemp("perturbed")
+    ckpt = root / "converted"
+    shutil.copytree(tiny_converted_dir, ckpt)
+    shard = sorted(ckpt.glob("rank*.safetensors"))[0]
+    tensors = load_file(str(shard))
+    name = next(n for n in sorted(tensors) if n.endswith("mlp.fc.weight") or n.endswith("mlp.proj.weight"))
+    gen = torch.Generator().manual_seed(0)
+    t = tensors[name]
+    tensors[name] = (t.float() + torch.randn(t.shape, generator=gen) * t.float().std() * 2.0).to(t.dtype)
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    repo = write_repository(root / "repository", tokenizer_dir=tiny_checkpoint_dir, reference_dir=ckpt)
+    with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=300) as server:
+        yield server, name
+
+
+def test_perturbed_weights_fail_with_first_divergence(perturbed_server, golden_path, tmp_path, capsys):
+    server, tensor = perturbed_server
+    junit = tmp_path / "regress.xml"
+    cases = ["reasoning-off-greedy", "reasoning-on-greedy", "multi-turn-think-history"]
+    code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", server.grpc_url,
+                         "--junit", str(junit), "--json", *sum((["--case", c] for c in cases), [])], capsys)
+    report = json.loads(out)
+    assert code == 1 and not report["passed"], f"perturbing {tensor} went unnoticed"
+    assert any("engine differs" in n for n in report["compatibility"])
+    diverged = [c for c in report["cases"] if c["divergence"]]
+    assert diverged, out[:3000]
+    div = diverged[0]["divergence"]
+    golden = json.loads(golden_path.read_text())["cases"][diverged[0]["name"]]
+    pos = div["position"]
+    # The diff points at the first differing token, with decoded context on both sides.
+    got_ids = diverged[0]["output"]["token_ids"]
+    assert golden["token_ids"][:pos] == got_ids[:pos] and div["got"] == got_ids[pos:pos + len(div["got"])]
+    assert div["expected"] == golden["token_ids"][pos:pos + len(div["expected"])]
+    assert div["expected"] != div["got"]
+    assert div["expected_text"] or div["got_text"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    failures = [tc for tc in suite.findall("testcase") if tc.find("failure") is not None]
+    assert int(suite.get("failures")) == len(failures) >= 1
+    message = failures[0].find("failure").get("message") + failures[0].find("failure").text
+    assert f"first divergence at output token" in message and "expected" in message and "got" in message
