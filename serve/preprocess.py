@@ -1,9 +1,8 @@
 """What the `preprocessing` model does to one request, as a pure function.
 
 Input: the ensemble's request fields as Python values. Output: the tensors the
-`tensorrt_llm` step gets (prompt ids, lengths, effective end id, stop/bad word lists,
-effective sampling) plus what `postprocessing` needs to keep per-request state (a
-unique request key, the output budget, the stream flag). Every client mistake raises
+`tensorrt_llm` model gets (prompt ids, lengths, effective end id, stop/bad word lists,
+effective sampling, stream flag). Every client mistake raises
 PromptError with a message that goes back to the client as a Triton error.
 
 Defaults (model-nemotron-super-49b-v1.md §10-§11): turns end with <|eot_id|> (128009)
@@ -12,7 +11,6 @@ given, temperature 0.6 / top_p 0.95; with reasoning off, greedy.
 """
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,7 +71,6 @@ class PreparedRequest:
     sampling: Sampling
     reasoning: str
     stream: bool
-    request_key: int  # unique per request: keys postprocessing's streaming state
 
     @property
     def input_len(self) -> int:
@@ -184,5 +181,17 @@ class Preprocessor:
             sampling=effective_sampling(rendered.reasoning, self.facts, fields.temperature, fields.top_p, fields.top_k),
             reasoning=rendered.reasoning,
             stream=bool(fields.stream),
-            request_key=uuid.uuid4().int & 0x7FFF_FFFF_FFFF_FFFF,
         )
+
+
+def parse_word_list(array: np.ndarray | None) -> list[list[int]]:
+    """Inverse of `word_list` ([2, L] or [1, 2, L]); used by postprocessing for stop sequences."""
+    if array is None:
+        return []
+    array = np.asarray(array).reshape(2, -1)
+    ids, offsets = array[0].tolist(), [o for o in array[1].tolist() if o >= 0]
+    words, start = [], 0
+    for end in offsets:
+        words.append(ids[start:end])
+        start = end
+    return words

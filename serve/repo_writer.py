@@ -130,8 +130,9 @@ def parse_model_config(text: str, where: str):
 
 
 def check_ensemble(configs: dict[str, Any]) -> None:
-    """Every step's model exists, its mapped tensors exist with matching types, and
-    every internal tensor is produced by an earlier step."""
+    """Every step's model exists, its mapped tensors exist with matching types, every
+    internal tensor is produced by an earlier step, and what `generate` forwards to
+    `tensorrt_llm` exists there with the same type."""
     ensemble = configs["ensemble"]
     types: dict[str, int] = {t.name: t.data_type for t in ensemble.input}
     problems = []
@@ -160,6 +161,16 @@ def check_ensemble(configs: dict[str, Any]) -> None:
     for output in ensemble.output:
         if output.name not in types:
             problems.append(f"ensemble output {output.name!r} is produced by no step")
+    # `generate` forwards its inputs to tensorrt_llm under the same names (BLS).
+    llm = {t.name: t for t in configs["tensorrt_llm"].input}
+    for tensor in configs["generate"].input:
+        if tensor.name not in llm:
+            problems.append(f"tensorrt_llm has no input {tensor.name!r}, which generate forwards")
+        elif llm[tensor.name].data_type != tensor.data_type:
+            problems.append(f"tensorrt_llm.{tensor.name} type differs from generate's")
+    for name, tensor in llm.items():
+        if not tensor.optional and name not in {t.name for t in configs["generate"].input}:
+            problems.append(f"tensorrt_llm requires input {name!r}, which generate does not forward")
     if problems:
         raise NemoTrtError("the ensemble wiring is inconsistent: " + "; ".join(problems),
                            "this is a nemo-trt bug: the templates disagree")
@@ -176,7 +187,7 @@ def _read_json(path: Path, what: str, fix: str) -> dict:
     if not path.is_file():
         raise NemoTrtError(f"{path.parent} has no {path.name}: it is not {what}", fix)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise NemoTrtError(f"{path} is not valid JSON: {exc}", fix) from exc
 
@@ -344,13 +355,12 @@ def write_repository(
         "max_queue_delay_microseconds": 0,
         "max_queue_size": 0,
         "tokenizer_dir": TOKENIZER_SUBDIR,
-        "postprocessing_tokenizer_dir": f"../preprocessing/{TOKENIZER_SUBDIR}",
+        "generate_tokenizer_dir": f"../preprocessing/{TOKENIZER_SUBDIR}",
         "serving_model": facts.name,
         "default_reasoning": reasoning,
         "preprocessing_instance_count": instances,
-        "stop_ids": ",".join(str(i) for i in facts.tokens.stop_ids),
-        "state_max_requests": 4096,
-        "state_ttl_seconds": 600,
+        "generate_instance_count": 1,
+        "tensorrt_llm_model_name": "tensorrt_llm",
     }
 
     if engine_dir is not None:
@@ -462,22 +472,22 @@ def write_repository(
     with atomic_dir(output, replace=force) as tmp:
         configs = {}
         for name, template in (("ensemble", templates / "ensemble"), ("preprocessing", templates / "preprocessing"),
-                               ("tensorrt_llm", llm_template), ("postprocessing", templates / "postprocessing")):
+                               ("tensorrt_llm", llm_template), ("generate", templates / "generate")):
             if not (template / "config.pbtxt").is_file():
                 raise NemoTrtError(f"template {template} is missing", "reinstall nemo-trt")
             _copy_model(template, tmp / name)
             (tmp / name / "1").mkdir(exist_ok=True)
             where = f"{name}/config.pbtxt"
-            text = fill_template((template / "config.pbtxt").read_text(), values, where)
+            text = fill_template((template / "config.pbtxt").read_text(encoding="utf-8"), values, where)
             configs[name] = parse_model_config(text, where)
             if configs[name].name and configs[name].name != name:
                 raise NemoTrtError(f"{where} names the model {configs[name].name!r}", "this is a nemo-trt bug")
-            (tmp / name / "config.pbtxt").write_text(text)
+            (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
         check_ensemble(configs)
         manifest["tokenizer_files"] = _copy_tokenizer(tokenizer_dir, tmp / "preprocessing" / TOKENIZER_SUBDIR)
         _check_vocab(tokenizer_dir, vocab)
         manifest["models"] = sorted(configs)
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return output
 
 

@@ -74,7 +74,6 @@ class TritonPythonModel:
                     "OUT_TOP_K": np.array([[p.sampling.top_k]], np.int32),
                     "OUT_STREAM": np.array([[p.stream]], bool),
                     "OUT_EXCLUDE_INPUT_IN_OUTPUT": np.array([[True]], bool),
-                    "REQUEST_KEY": np.array([[p.request_key]], np.uint64),
                 }
                 tensors = [pb_utils.Tensor(name, value) for name, value in out.items()]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
