@@ -109,32 +109,67 @@ class Workdir:
 
 @dataclass(frozen=True)
 class ConvertResult:
-    fingerprint: str | None  # of the converted checkpoint
-    source_fingerprint: str | None  # of the HF checkpoint
+    fingerprint: str | None  # of the converted checkpoint (its files' hashes)
+    source_fingerprint: str | None  # of the HF checkpoint (names, sizes, header hashes, config)
     reused: bool
+    detail: dict = field(default_factory=dict)
 
 
-def _convert(hf_dir: Path, out_dir: Path, *, tp: int, pp: int, precision: str,
-             on_progress: Callable[[str], None] | None, force: bool) -> ConvertResult:
-    from nemo_trt.build import convert
+def _digest(obj: Any) -> str:
+    import hashlib
 
-    result = convert.convert_checkpoint(hf_dir, out_dir, tp=tp, pp=pp, precision=precision, force=force)
-    return ConvertResult(fingerprint=getattr(result, "fingerprint", None),
-                         source_fingerprint=getattr(result, "source_fingerprint", None),
-                         reused=bool(getattr(result, "reused", False)))
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _verify(hf_dir: Path, ckpt_dir: Path) -> dict:
-    from nemo_trt.build import verify
+def checkpoint_fingerprints(ckpt_dir: Path) -> tuple[str | None, str | None]:
+    """(converted checkpoint, HF source) fingerprints from the converter's manifest.json."""
+    from nemo_trt.build.convert import manifest as mf
 
-    report = verify.verify_checkpoint(hf_dir, ckpt_dir)
-    return report if isinstance(report, dict) else {"ok": True, "report": str(report)}
+    m = mf.load_manifest(ckpt_dir) if ckpt_dir.is_dir() else None
+    if not m:
+        return None, None
+    files = {name: f.get("sha256") for name, f in m.get("files", {}).items()}
+    return (_digest(files) if files else None), (_digest(m["source"]) if m.get("source") else None)
+
+
+def _convert(hf_dir: Path, out_dir: Path, *, tp: int, pp: int, precision: str, kv_cache_dtype: str,
+             force: bool) -> ConvertResult:
+    from nemo_trt.build.convert import convert_checkpoint
+
+    kwargs = dict(tp=tp, pp=pp, precision=precision, kv_cache_dtype=kv_cache_dtype, progress=False)
+    try:
+        result = convert_checkpoint(hf_dir, out_dir, force=False, **kwargs)
+    except NemoTrtError as exc:
+        # An output made from other inputs (another profile's layout, an edited source): with
+        # --force replace it (atomically: the old one stays until the new one is complete).
+        if not (force and out_dir.exists() and "already exists" in exc.problem):
+            raise
+        result = convert_checkpoint(hf_dir, out_dir, force=True, **kwargs)
+    fingerprint, source = checkpoint_fingerprints(out_dir)
+    return ConvertResult(fingerprint=fingerprint, source_fingerprint=source, reused=bool(result.up_to_date),
+                         detail={"bytes_written": result.bytes_written, "kv_cache_dtype": result.kv_cache_dtype,
+                                 "calibration": result.calibration})
+
+
+# A logits comparison runs the reference model on both checkpoints; on CPU that is only
+# affordable for small models (tests, the tiny model). The 49B gets the tensor-by-tensor check.
+VERIFY_LOGITS_MAX_BYTES = 4_000_000_000
+
+
+def _verify(hf_dir: Path, ckpt_dir: Path, *, logits: bool) -> dict:
+    from nemo_trt.build.convert import verify_checkpoint
+
+    report = verify_checkpoint(hf_dir, ckpt_dir, logits=logits)
+    data = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+    data.setdefault("ok", bool(getattr(report, "ok", False)))
+    return data
 
 
 def _write_repo(output: Path, *, tokenizer_dir: Path, engine_dir: Path, plan: Any) -> None:
     from nemo_trt.serve import repo_writer
 
-    repo_writer.write_repository(output, tokenizer_dir=tokenizer_dir, engine_dir=engine_dir, plan=plan)
+    # force: the repository is derived from the engines; a rerun rewrites it (atomically).
+    repo_writer.write_repository(output, tokenizer_dir=tokenizer_dir, engine_dir=engine_dir, plan=plan, force=True)
 
 
 # ------------------------------------------------------------------ planning
@@ -342,13 +377,13 @@ def _build_manifest(p: Prepared) -> dict:
 
 
 def _checkpoint_done(p: Prepared) -> bool:
-    """A converted checkpoint of this plan's layout exists (the converter's own manifest says so)."""
-    m = _read_json(p.workdir.checkpoint / "manifest.json")
-    if not m:
-        return False
-    conv = m.get("conversion", m)
+    """A converted checkpoint of this plan's layout exists (per the converter's manifest)."""
+    from nemo_trt.build.convert import manifest as mf
+
+    m = mf.load_manifest(p.workdir.checkpoint) if p.workdir.checkpoint.is_dir() else None
+    conv = (m or {}).get("plan", {})
     return (conv.get("tp") == p.plan.tp and conv.get("pp") == p.plan.pp
-            and conv.get("precision") == p.plan.precision)
+            and conv.get("precision") == p.plan.precision and conv.get("kv_cache_dtype") == p.plan.kv_cache_dtype)
 
 
 def _engines_current(p: Prepared, toolchain: Toolchain | None = None) -> bool:
@@ -370,16 +405,7 @@ def _engines_current(p: Prepared, toolchain: Toolchain | None = None) -> bool:
 
 
 def _checkpoint_fingerprint(p: Prepared) -> str | None:
-    m = _read_json(p.workdir.checkpoint / "manifest.json") or {}
-    return m.get("fingerprint") or m.get("checkpoint_fingerprint")
-
-
-def _source_fingerprint(p: Prepared) -> str | None:
-    m = _read_json(p.workdir.checkpoint / "manifest.json") or {}
-    src = m.get("source")
-    if isinstance(src, dict):
-        return src.get("fingerprint")
-    return m.get("source_fingerprint")
+    return checkpoint_fingerprints(p.workdir.checkpoint)[0]
 
 
 # ------------------------------------------------------------------ running
@@ -424,57 +450,57 @@ def run_build(p: Prepared, *, toolchain: Toolchain, report: Reporter | None = No
     record(StageResult("plan", "done", time.monotonic() - t0, {"path": str(wd.plan)}))
     say("plan", f"{p.profile.name} {p.plan.precision} {p.plan.variant}: tp{p.plan.tp} pp{p.plan.pp}")
 
-    # convert
+    # convert (the converter's manifest makes a rerun with the same inputs a no-op)
     t0 = time.monotonic()
-    if _checkpoint_done(p) and not p.request.force:
-        say("convert", f"reusing {wd.checkpoint}")
-        conv = _convert(p.hf_dir, wd.checkpoint, tp=p.plan.tp, pp=p.plan.pp, precision=p.plan.precision,
-                        on_progress=None, force=False)
-    else:
-        say("convert", f"converting {p.hf_dir} -> {wd.checkpoint}")
-        conv = _convert(p.hf_dir, wd.checkpoint, tp=p.plan.tp, pp=p.plan.pp, precision=p.plan.precision,
-                        on_progress=lambda m: say("convert", m), force=p.request.force)
+    say("convert", f"{p.hf_dir} -> {wd.checkpoint} (tp{p.plan.tp} pp{p.plan.pp} {p.plan.precision})")
+    conv = _convert(p.hf_dir, wd.checkpoint, tp=p.plan.tp, pp=p.plan.pp, precision=p.plan.precision,
+                    kv_cache_dtype=p.plan.kv_cache_dtype, force=p.request.force)
     record(StageResult("convert", "cached" if conv.reused else "done", time.monotonic() - t0,
                        {"path": str(wd.checkpoint), "fingerprint": conv.fingerprint,
-                        "source_fingerprint": conv.source_fingerprint}))
+                        "source_fingerprint": conv.source_fingerprint, **conv.detail}))
 
     # verify (cached by the converted checkpoint's fingerprint)
     t0 = time.monotonic()
-    prev = stages_state.get("verify", {}) if isinstance(stages_state.get("verify"), dict) else {}
-    if (prev.get("ok") and conv.fingerprint and prev.get("checkpoint_fingerprint") == conv.fingerprint
-            and not p.request.force):
+    prev = stages_state.get("verify") if isinstance(stages_state.get("verify"), dict) else {}
+    if prev.get("ok") and conv.fingerprint and prev.get("checkpoint_fingerprint") == conv.fingerprint:
         say("verify", "checkpoint already verified")
-        record(StageResult("verify", "cached", time.monotonic() - t0, {k: v for k, v in prev.items()
-                                                                         if k not in ("status", "seconds", "at")}))
+        record(StageResult("verify", "cached", time.monotonic() - t0,
+                           {k: v for k, v in prev.items() if k not in ("status", "seconds", "at")}))
     else:
-        say("verify", "comparing converted tensors with the HF checkpoint")
-        rep = _verify(p.hf_dir, wd.checkpoint)
-        ok = bool(rep.get("ok", True))
-        detail = {"ok": ok, "checkpoint_fingerprint": conv.fingerprint,
-                  "summary": rep.get("summary") if isinstance(rep.get("summary"), (str, dict)) else None}
-        if not ok:
+        logits = p.plan.total_weight_bytes < VERIFY_LOGITS_MAX_BYTES
+        say("verify", "comparing every converted tensor with the HF checkpoint"
+            + (" and reference logits" if logits else ""))
+        rep = _verify(p.hf_dir, wd.checkpoint, logits=logits)
+        detail = {"ok": bool(rep.get("ok")), "checkpoint_fingerprint": conv.fingerprint, "logits": logits,
+                  "tensors_checked": rep.get("tensors_checked"), "problems": list(rep.get("problems") or [])[:20]}
+        if not detail["ok"]:
             record(StageResult("verify", "failed", time.monotonic() - t0, detail))
-            raise NemoTrtError(f"the converted checkpoint in {wd.checkpoint} does not match {p.hf_dir}: "
-                               f"{rep.get('summary') or rep}",
-                               "rerun with --force to reconvert; report a bug if it fails again", exit_code=1)
+            raise NemoTrtError(
+                f"the converted checkpoint in {wd.checkpoint} does not match {p.hf_dir}: "
+                + "; ".join(detail["problems"][:5] or ["see build_manifest.json"]),
+                "rerun with --force to reconvert; if it fails again, report a bug with build_manifest.json",
+                exit_code=1)
         record(StageResult("verify", "done", time.monotonic() - t0, detail))
     if "engine" not in p.stages:
         return _summary(p, results, toolchain)
 
     # engines
     t0 = time.monotonic()
-    if _engines_current(p, toolchain) and not p.request.force:
+    if _engines_current(p, toolchain):
         say("engine", f"reusing {wd.engines} (same command, checkpoint and TensorRT-LLM)")
         em = read_engine_manifest(wd.engines)
-        record(StageResult("engine", "cached", time.monotonic() - t0, _engine_detail(em)))
+        record(StageResult("engine", "cached", time.monotonic() - t0, _engine_detail(em, wd.engines)))
     else:
-        say("engine", f"trtllm-build x{p.plan.world_size} ranks (log: {wd.build_log})")
+        say("engine", f"trtllm-build, {p.plan.world_size} rank(s) (log: {wd.build_log})")
+        # The repository describes the engines it serves (limits, KV settings); one written for the
+        # engines about to be replaced must not outlive them if the build or the repo stage fails.
+        if wd.repository.exists():
+            shutil.rmtree(wd.repository)
         em = run_trtllm_build(p.plan, wd.checkpoint, wd.engines, toolchain=toolchain, log_path=wd.build_log,
-                              source_fingerprint=conv.source_fingerprint or _source_fingerprint(p),
-                              checkpoint_fingerprint=conv.fingerprint or _checkpoint_fingerprint(p),
+                              source_fingerprint=conv.source_fingerprint, checkpoint_fingerprint=conv.fingerprint,
                               workers=p.request.workers, plan_dict=p.plan.model_dump(mode="json"),
                               on_line=on_build_line, replace=True)
-        record(StageResult("engine", "done", time.monotonic() - t0, _engine_detail(em)))
+        record(StageResult("engine", "done", time.monotonic() - t0, _engine_detail(em, wd.engines)))
     if "repo" not in p.stages:
         return _summary(p, results, toolchain)
 
@@ -486,8 +512,8 @@ def run_build(p: Prepared, *, toolchain: Toolchain, report: Reporter | None = No
     return _summary(p, results, toolchain)
 
 
-def _engine_detail(em: EngineManifest) -> dict:
-    return {"path": None, "trtllm_version": em.trtllm_version, "build_seconds": em.build_seconds,
+def _engine_detail(em: EngineManifest, path: Path) -> dict:
+    return {"path": str(path), "trtllm_version": em.trtllm_version, "build_seconds": em.build_seconds,
             "engines": [e.name for e in em.engines]}
 
 
