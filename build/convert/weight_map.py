@@ -70,37 +70,33 @@ def ffn_prefix(spec: ModelSpec) -> str:
     return "ffn" if spec.is_deci else "mlp"
 
 
-def check_parallelism(spec: ModelSpec, tp: int, pp: int) -> None:
-    """Refuse a TP/PP layout the model cannot take, naming the layer and the sizes that work."""
+def parallelism_problems(spec: ModelSpec, tp: int, pp: int) -> list[str]:
     problems: list[str] = []
     if tp < 1 or pp < 1:
-        problems.append("tp and pp must be >= 1")
-    elif pp > spec.num_layers:
+        return ["tp and pp must be >= 1"]
+    if pp > spec.num_layers:
         problems.append(f"pp {pp} exceeds the {spec.num_layers} layers")
-    elif spec.num_attention_heads % tp:
+    if spec.num_attention_heads % tp:
         problems.append(f"{spec.num_attention_heads} attention heads do not split into {tp} ranks")
-    else:
-        for layer in spec.layers:
-            kv = layer.num_kv_heads
-            if kv and (kv % tp if kv >= tp else tp % kv):
-                problems.append(f"layer {layer.index}: {kv} KV heads neither divide nor are divided by tp {tp}")
-            if layer.intermediate_size and layer.intermediate_size % tp:
-                problems.append(f"layer {layer.index}: intermediate size {layer.intermediate_size} is not divisible by tp {tp}")
-            if (layer.attention is AttentionKind.LINEAR or layer.ffn is FFNKind.LINEAR) and spec.hidden_size % tp:
-                problems.append(f"layer {layer.index}: hidden size {spec.hidden_size} is not divisible by tp {tp}")
+    for layer in spec.layers:
+        kv = layer.num_kv_heads
+        if kv and (kv % tp if kv >= tp else tp % kv):
+            problems.append(f"layer {layer.index}: {kv} KV heads neither divide nor are divided by tp {tp}")
+        if layer.intermediate_size and layer.intermediate_size % tp:
+            problems.append(f"layer {layer.index}: intermediate size {layer.intermediate_size} is not divisible by tp {tp}")
+        if (layer.attention is AttentionKind.LINEAR or layer.ffn is FFNKind.LINEAR) and spec.hidden_size % tp:
+            problems.append(f"layer {layer.index}: hidden size {spec.hidden_size} is not divisible by tp {tp}")
+    return problems
+
+
+def check_parallelism(spec: ModelSpec, tp: int, pp: int) -> None:
+    """Refuse a TP/PP layout the model cannot take, naming the layer and the sizes that work."""
+    problems = parallelism_problems(spec, tp, pp)
     if problems:
-        ok = [t for t in (1, 2, 4, 8, 16) if t != tp and _tp_ok(spec, t)]
+        ok = [t for t in (1, 2, 4, 8, 16) if not parallelism_problems(spec, t, 1)]
         raise NemoTrtError(f"the model cannot be split as tp={tp} pp={pp}: " + "; ".join(problems[:3]),
                            f"use a tensor-parallel size the model supports ({', '.join(map(str, ok)) or 'none'}) "
                            f"and pp <= {spec.num_layers}")
-
-
-def _tp_ok(spec: ModelSpec, tp: int) -> bool:
-    try:
-        check_parallelism(spec, tp, 1)
-    except NemoTrtError:
-        return False
-    return True
 
 
 def rank_rules(spec: ModelSpec, m: RankMapping) -> list[Rule]:
