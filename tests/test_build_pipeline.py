@@ -248,3 +248,14 @@ def test_real_engine_build_on_this_gpu_machine(hf, tmp_path):
     assert em.trtllm_version == tc.trtllm_version
     assert check_runtime_compat(work / "engines") == tc.trtllm_version
     assert os.path.getsize(work / "engines" / "rank0.engine") > 1_000_000
+
+
+def test_another_layout_in_the_same_workdir_is_refused_without_force(converted, hf, tmp_path):
+    # the WORKDIR holds a TP2 conversion; an h200x1 (TP1) build must not silently destroy it
+    work = copy_work(converted, tmp_path / "work")
+    before = sha256_file(work / "checkpoint" / "manifest.json")
+    with pytest.raises(NemoTrtError) as exc:
+        run_build(prepare(request(hf, work, gpu="h200x1", until="convert"), toolchain=NO_TOOLCHAIN),
+                  toolchain=NO_TOOLCHAIN)
+    assert "already exists" in exc.value.problem and "--force" in exc.value.fix
+    assert sha256_file(work / "checkpoint" / "manifest.json") == before

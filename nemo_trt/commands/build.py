@@ -26,8 +26,9 @@ import click
 @click.option("--dry-run", is_flag=True, help="Print the plan and every stage's exact command; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout (progress goes to stderr).")
 @click.option("--force", is_flag=True,
-              help="Redo cached stages, and build even where the GPUs, TensorRT-LLM version or free disk "
-                   "do not match the plan.")
+              help="Replace a WORKDIR checkpoint made from other inputs (another layout or source), and build "
+                   "even where the GPUs, TensorRT-LLM version or free disk do not match the plan. Current "
+                   "stages are still reused; delete WORKDIR to start over.")
 def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_size, until, workers, dry_run,
             as_json, force):
     """Build TensorRT-LLM engines and a Triton model repository from an HF checkpoint.
