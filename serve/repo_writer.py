@@ -285,18 +285,27 @@ def _engine_identity(manifest: dict | None, engine_config: dict) -> dict | None:
     return identity
 
 
-def _copy_tokenizer(tokenizer_dir: Path, target: Path) -> dict:
+def _copy_tokenizer(tokenizer_dir: Path, target: Path, vocab_size: Any) -> dict:
     fix = "pass --tokenizer a directory with the model's tokenizer.json (e.g. the HF checkpoint directory)"
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise NemoTrtError(f"{tokenizer_dir} has no tokenizer.json", fix)
     from tokenizers import Tokenizer
 
-    from nemo_trt.serve.prompt import PromptRenderer
+    from nemo_trt.serve.prompt import BOS, END_HEADER, EOT, START_HEADER
 
     try:
-        PromptRenderer(Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")), load_serving_facts(DEFAULT_MODEL))
-    except Exception as exc:  # noqa: BLE001 - any load failure is a bad tokenizer for this model
-        raise NemoTrtError(f"{tokenizer_dir / 'tokenizer.json'} cannot serve this model: {exc}", fix) from exc
+        tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    except Exception as exc:  # noqa: BLE001 - any load failure is a bad tokenizer file
+        raise NemoTrtError(f"{tokenizer_dir / 'tokenizer.json'} cannot be loaded: {exc}", fix) from exc
+    missing = [t for t in (BOS, START_HEADER, END_HEADER, EOT) if tokenizer.token_to_id(t) is None]
+    if missing:
+        raise NemoTrtError(f"{tokenizer_dir / 'tokenizer.json'} cannot serve this model: it has no "
+                           f"{', '.join(missing)} (not a Llama-3 tokenizer)", fix)
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if vocab_size and size > int(vocab_size):
+        raise NemoTrtError(f"the tokenizer has {size} tokens but the model's vocabulary is {vocab_size}: "
+                           "they do not belong together",
+                           "pass --tokenizer the tokenizer of the checkpoint the engine/reference was built from")
     target.mkdir(parents=True)
     copied = {}
     for name in TOKENIZER_FILES:
@@ -484,23 +493,10 @@ def write_repository(
                 raise NemoTrtError(f"{where} names the model {configs[name].name!r}", "this is a nemo-trt bug")
             (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
         check_ensemble(configs)
-        manifest["tokenizer_files"] = _copy_tokenizer(tokenizer_dir, tmp / "preprocessing" / TOKENIZER_SUBDIR)
-        _check_vocab(tokenizer_dir, vocab)
+        manifest["tokenizer_files"] = _copy_tokenizer(tokenizer_dir, tmp / "preprocessing" / TOKENIZER_SUBDIR, vocab)
         manifest["models"] = sorted(configs)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return output
-
-
-def _check_vocab(tokenizer_dir: Path, vocab_size: Any) -> None:
-    if not vocab_size:
-        return
-    from tokenizers import Tokenizer
-
-    size = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
-    if size > int(vocab_size):
-        raise NemoTrtError(f"the tokenizer has {size} tokens but the model's vocabulary is {vocab_size}: "
-                           "they do not belong together",
-                           "pass --tokenizer the tokenizer of the checkpoint the engine/reference was built from")
 
 
 def read_repository_manifest(repository: str | Path) -> dict:

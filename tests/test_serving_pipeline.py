@@ -1,11 +1,12 @@
-"""preprocessing -> ensemble -> postprocessing on a real tritonserver (CPU, python backend).
+"""ensemble (preprocessing -> generate -> tensorrt_llm) on a real tritonserver (CPU).
 
 The `tensorrt_llm` slot holds a TEST-ONLY scripted model (tests/fixtures/scripted_llm)
 that "generates" exactly known tokens with the TensorRT-LLM streaming contract, so
 these tests check the text pipeline itself: chat rendering and injection safety,
 defaults routed to the backend, request errors, and streamed deltas that need the
 per-request state (multi-byte characters and `</think>` split over responses,
-concurrent streams not mixed). One server start for the whole module.
+concurrent streams not mixed). The repository is moved after writing (relocatable).
+One server start for the whole module.
 """
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ def server(tmp_path_factory):
     (work / "ref" / "config.json").write_text(json.dumps({"vocab_size": 128256, "max_position_embeddings": 4096}))
     plan = SimpleNamespace(build=SimpleNamespace(max_batch_size=4, max_input_len=MAX_INPUT_LEN,
                                                  max_seq_len=MAX_SEQ_LEN, max_num_tokens=None))
-    repo = write_repository(work / "repo", tokenizer_dir=TOKENIZER_DIR, reference_dir=work / "ref", plan=plan)
+    written = write_repository(work / "written", tokenizer_dir=TOKENIZER_DIR, reference_dir=work / "ref", plan=plan)
+    repo = work / "moved" / "repo"  # served from elsewhere: the repository is relocatable
+    repo.parent.mkdir()
+    shutil.move(str(written), repo)
     shutil.copy(FIXTURE, repo / "tensorrt_llm" / "1" / "model.py")
     with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=120) as running:
         yield running
