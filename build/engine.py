@@ -77,9 +77,9 @@ def trtllm_build_command(plan: Any, checkpoint_dir: str | Path, output_dir: str 
             f"max_num_tokens {b.max_num_tokens} < max_input_len {b.max_input_len} needs paged context FMHA "
             "(chunked prefill)",
             "enable use_paged_context_fmha in the profile or raise max_num_tokens")
-    if b.use_fp8_context_fmha and precision != "fp8":
+    if b.use_fp8_context_fmha and (precision != "fp8" or str(getattr(plan, "kv_cache_dtype", "fp8")) != "fp8"):
         raise NemoTrtError("FP8 context FMHA needs an FP8 checkpoint and KV cache",
-                           "use --precision fp8 or disable use_fp8_context_fmha")
+                           "use --precision fp8 (FP8 KV cache) or disable use_fp8_context_fmha")
     if str(b.gemm_plugin) == "fp8" and precision != "fp8":
         raise NemoTrtError("--gemm_plugin fp8 needs an FP8 checkpoint", "use gemm_plugin auto for BF16")
     if b.reduce_fusion and tp == 1:

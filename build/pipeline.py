@@ -394,7 +394,7 @@ def _engines_current(p: Prepared, toolchain: Toolchain | None = None) -> bool:
     except NemoTrtError:
         return False
     want = trtllm_build_command(p.plan, p.workdir.checkpoint, p.workdir.engines, workers=p.request.workers)
-    if em.build_command != want:
+    if _without_workers(em.build_command) != _without_workers(want):  # --workers does not change the engines
         return False
     ckpt = _checkpoint_fingerprint(p)
     if ckpt is not None and em.checkpoint_fingerprint != ckpt:
@@ -402,6 +402,18 @@ def _engines_current(p: Prepared, toolchain: Toolchain | None = None) -> bool:
     if toolchain is not None and toolchain.trtllm_version and em.trtllm_version != toolchain.trtllm_version:
         return False
     return True
+
+
+def _without_workers(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        else:
+            out.append(a)
+    return out
 
 
 def _checkpoint_fingerprint(p: Prepared) -> str | None:

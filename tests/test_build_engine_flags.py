@@ -107,9 +107,12 @@ def test_flag_set_rejects_typos_removed_flags_and_bad_values():
 def test_inconsistent_settings_are_refused(spec):
     profile = next(p for p in list_profiles() if p.name == "h100x2")
     bf16 = make_plan(spec, profile, precision="bf16")
+    fp8 = make_plan(spec, profile, precision="fp8")
+    trtllm_build_command(fp8, "/c", "/e")
     cases = [
         (bf16.model_copy(update={"build": bf16.build.model_copy(update={"use_fp8_context_fmha": True})}), "FP8 context"),
         (bf16.model_copy(update={"build": bf16.build.model_copy(update={"gemm_plugin": "fp8"})}), "gemm_plugin fp8"),
+        (fp8.model_copy(update={"kv_cache_dtype": "bf16"}), "FP8 context"),
         (bf16.model_copy(update={"tp": 1, "world_size": 1}), "reduce_fusion"),
         (bf16.model_copy(update={"world_size": 4}), "world size"),
         (bf16.model_copy(update={"build": bf16.build.model_copy(update={"max_input_len": 40000})}), "max_input_len"),
