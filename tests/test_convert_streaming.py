@@ -1,0 +1,126 @@
+"""Streaming writer, manifest, idempotent reruns, interruption, and verify catching tampering."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from nemo_trt.build.convert import convert_checkpoint, verify_checkpoint
+from nemo_trt.build.convert.manifest import sha256_file
+from nemo_trt.build.convert.writer import Entry, StreamingSafetensorsWriter
+from nemo_trt.cli import main
+
+
+def test_streaming_writer_output_loads_with_safetensors(tmp_path):
+    tensors = {"b": torch.randn(3, 5).to(torch.bfloat16), "a": torch.arange(7, dtype=torch.int32),
+               "s": torch.tensor([0.5]), "f8": torch.randn(4, 4).to(torch.float8_e4m3fn), "e": torch.empty(0, 4)}
+    w = StreamingSafetensorsWriter(tmp_path / "x.safetensors",
+                                   [Entry(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()])
+    for n, t in tensors.items():
+        w.write(n, t)
+    digest = w.close()
+    assert digest == sha256_file(tmp_path / "x.safetensors")
+    back = load_file(str(tmp_path / "x.safetensors"))
+    for n, t in tensors.items():
+        assert back[n].dtype == t.dtype and torch.equal(back[n].view(torch.uint8), t.view(torch.uint8)), n
+    header_len = int.from_bytes((tmp_path / "x.safetensors").read_bytes()[:8], "little")
+    assert header_len % 8 == 0
+    with pytest.raises(AssertionError):  # order and shapes are enforced
+        w2 = StreamingSafetensorsWriter(tmp_path / "y.safetensors", [Entry("a", torch.float32, (2,))])
+        w2.write("a", torch.zeros(3))
+
+
+def test_rerun_is_a_noop_and_manifest_lists_hashes(tmp_path, convert_source, capsys):
+    out = tmp_path / "out"
+    first = convert_checkpoint(convert_source, out, tp=2, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["plan"]["tp"] == 2 and manifest["source"]["config_sha256"]
+    assert set(manifest["files"]) == {"config.json", "rank0.safetensors", "rank1.safetensors"}
+    for name, meta in manifest["files"].items():
+        assert sha256_file(out / name) == meta["sha256"] == first.files[name]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = convert_checkpoint(convert_source, out, tp=2, progress=False)
+    assert again.up_to_date and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    assert main(["convert", "--checkpoint", str(convert_source), "--output", str(out), "--tp", "2"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    forced = convert_checkpoint(convert_source, out, tp=2, progress=False, force=True)
+    assert not forced.up_to_date and forced.files == first.files  # deterministic bytes
+
+
+_SLOW_CONVERT = """
+import sys, time
+from nemo_trt.build.convert import writer, convert_checkpoint
+def slow(path, n):
+    print("WRITING", flush=True)
+    time.sleep(0.2)
+writer.WRITE_HOOK = slow
+convert_checkpoint(sys.argv[1], sys.argv[2], tp=2, progress=False)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_leaves_no_valid_output(tmp_path, convert_source, sig):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CONVERT, str(convert_source), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "WRITING"
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not out.exists()
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    if sig == signal.SIGINT:
+        assert leftovers == []  # Ctrl-C cleans up its temporary directory
+    else:  # kill -9 cannot clean up: a hidden *.partial sibling without a manifest remains
+        assert all(p.name.endswith(".partial") and not (p / "manifest.json").exists() for p in leftovers)
+    result = convert_checkpoint(convert_source, out, tp=2, progress=False)
+    assert not result.up_to_date and verify_checkpoint(convert_source, out, logits=False).ok
+
+
+def test_verify_reports_tampering(tmp_path, convert_source, capsys):
+    out = convert_checkpoint(convert_source, tmp_path / "out", tp=2, progress=False).output
+    path = out / "rank1.safetensors"
+    raw = bytearray(path.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    begin = header["transformer.layers.0.ffn.proj.weight"]["data_offsets"][0]
+    raw[8 + n + begin] ^= 0x40
+    path.write_bytes(bytes(raw))
+    report = verify_checkpoint(convert_source, out, logits=False)
+    assert not report.ok
+    assert any("rank1.safetensors: sha256 differs" in p for p in report.problems)
+    assert any("model.layers.0.mlp.down_proj.weight: differs from the source" in p for p in report.problems)
+    assert main(["verify", "--checkpoint", str(convert_source), "--converted", str(out), "--no-logits", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False and data["problems"]
+
+
+def test_verify_reports_config_mismatch(tmp_path, convert_source):
+    out = convert_checkpoint(convert_source, tmp_path / "out", tp=1, progress=False).output
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["layer_configs"][3]["attention"]["num_key_value_heads"] = 2
+    (out / "config.json").write_text(json.dumps(cfg))
+    report = verify_checkpoint(convert_source, out, logits=False)
+    assert any(p.startswith("config.json: layer_configs") for p in report.problems)
+    assert any(p.startswith("config.json: s") for p in report.problems)  # size or sha256 vs the manifest
+
+
+def test_cli_json_output(tmp_path, convert_source, capsys):
+    out = tmp_path / "out"
+    assert main(["convert", "--checkpoint", str(convert_source), "--output", str(out), "--tp", "1", "--pp", "2",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["pp"] == 2 and data["up_to_date"] is False and "rank1.safetensors" in data["files"]
+    assert main(["verify", "--checkpoint", str(convert_source), "--converted", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ok"] and rep["logits"]["top1_agreement"] == 1.0
