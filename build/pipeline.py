@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from nemo_trt import __version__
 from nemo_trt.atomic import atomic_write_text
@@ -38,7 +38,6 @@ from nemo_trt.build.engine_manifest import ENGINE_MANIFEST_NAME, EngineManifest,
 from nemo_trt.build.trtllm_target import load_target
 from nemo_trt.errors import NemoTrtError
 
-Stage = Literal["convert", "engine", "repo"]
 UNTIL_CHOICES: tuple[str, ...] = ("convert", "engine", "repo")
 STAGES: tuple[str, ...] = ("plan", "convert", "verify", "engine", "repo")
 BUILD_MANIFEST = "build_manifest.json"

@@ -53,7 +53,7 @@ def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_
       nemo-trt build --gpu a100x4 --checkpoint /models/super49b --output /deploy/a100 --dry-run --json
     """
     from nemo_trt.build.engine import detect_toolchain
-    from nemo_trt.build.pipeline import BuildRequest, describe, prepare, run_build
+    from nemo_trt.build.pipeline import BuildRequest, describe, prepare
     from nemo_trt.console import console, err_console, print_json
 
     request = BuildRequest(gpu=gpu, checkpoint=Path(checkpoint) if Path(checkpoint).exists() else checkpoint,
