@@ -66,7 +66,7 @@ def hf(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def converted(hf, tmp_path_factory) -> Path:
+def cpu_box_work(hf, tmp_path_factory) -> Path:
     """WORKDIR after `nemo-trt build --until convert` on a machine without TensorRT-LLM or GPUs."""
     work = tmp_path_factory.mktemp("cpu-box") / "work"
     p = prepare(request(hf, work, until="convert"), toolchain=NO_TOOLCHAIN)
@@ -92,18 +92,18 @@ def runs(record: Path) -> list[list[str]]:
     return [json.loads(line)["argv"] for line in record.read_text().splitlines()] if record.exists() else []
 
 
-def test_cpu_box_prepares_checkpoint_for_the_gpu_box(converted):
-    manifest = json.loads((converted / "build_manifest.json").read_text())
+def test_cpu_box_prepares_checkpoint_for_the_gpu_box(cpu_box_work):
+    manifest = json.loads((cpu_box_work / "build_manifest.json").read_text())
     assert manifest["stages"]["verify"]["ok"] is True
     assert manifest["stages"]["verify"]["checkpoint_fingerprint"] == manifest["stages"]["convert"]["fingerprint"]
-    assert sorted(p.name for p in (converted / "checkpoint").glob("rank*.safetensors")) == [
+    assert sorted(p.name for p in (cpu_box_work / "checkpoint").glob("rank*.safetensors")) == [
         "rank0.safetensors", "rank1.safetensors"]
-    assert not (converted / "engines").exists() and not (converted / "repository").exists()
-    assert json.loads((converted / "plan.json").read_text())["tp"] == 2
+    assert not (cpu_box_work / "engines").exists() and not (cpu_box_work / "repository").exists()
+    assert json.loads((cpu_box_work / "plan.json").read_text())["tp"] == 2
 
 
-def test_gpu_box_build_reuses_conversion_then_caches_engines(converted, hf, tmp_path, recorded):
-    work = copy_work(converted, tmp_path / "work")
+def test_gpu_box_build_reuses_conversion_then_caches_engines(cpu_box_work, hf, tmp_path, recorded):
+    work = copy_work(cpu_box_work, tmp_path / "work")
     tc = toolchain()
     summary = run_build(prepare(request(hf, work), toolchain=tc), toolchain=tc)
     assert stage_status(summary) == {"plan": "done", "convert": "cached", "verify": "cached",
@@ -146,9 +146,9 @@ def test_gpu_box_build_reuses_conversion_then_caches_engines(converted, hf, tmp_
                   toolchain=toolchain(version="0.21.0"))
 
 
-def test_failed_engine_build_keeps_checkpoint_and_leaves_nothing_half_written(converted, hf, tmp_path,
+def test_failed_engine_build_keeps_checkpoint_and_leaves_nothing_half_written(cpu_box_work, hf, tmp_path,
                                                                               recorded, monkeypatch):
-    work = copy_work(converted, tmp_path / "work")
+    work = copy_work(cpu_box_work, tmp_path / "work")
     tc = toolchain()
     monkeypatch.setenv("FAKE_TRTLLM_BUILD_FAIL", "1")
     with pytest.raises(NemoTrtError) as exc:
@@ -166,8 +166,8 @@ def test_failed_engine_build_keeps_checkpoint_and_leaves_nothing_half_written(co
                                      "engine": "done", "repo": "done"}
 
 
-def test_interrupted_engine_build_is_stopped_and_cleaned(converted, hf, tmp_path, recorded):
-    work = copy_work(converted, tmp_path / "work")
+def test_interrupted_engine_build_is_stopped_and_cleaned(cpu_box_work, hf, tmp_path, recorded):
+    work = copy_work(cpu_box_work, tmp_path / "work")
     tc = toolchain()
 
     def interrupt(line: str) -> None:
@@ -215,7 +215,7 @@ def test_disk_space_is_checked_up_front(hf, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(HAVE_TRTLLM, reason="this machine has TensorRT-LLM: a real build would not be refused")
-def test_cli_refuses_a_real_build_without_trtllm_and_runs_until_convert(converted, hf, tmp_path, capsys):
+def test_cli_refuses_a_real_build_without_trtllm_and_runs_until_convert(cpu_box_work, hf, tmp_path, capsys):
     from nemo_trt.cli import main
 
     capsys.readouterr()
@@ -225,7 +225,7 @@ def test_cli_refuses_a_real_build_without_trtllm_and_runs_until_convert(converte
     assert rc == 2 and load_target().container_image in err and "--until convert" in err
     assert not (tmp_path / "w").exists()
 
-    work = copy_work(converted, tmp_path / "work")
+    work = copy_work(cpu_box_work, tmp_path / "work")
     rc = main(["build", "--gpu", "h100x2", "--checkpoint", str(hf), "--output", str(work), "--precision", "bf16",
                "--until", "convert", "--json"])
     out = capsys.readouterr().out
@@ -250,9 +250,9 @@ def test_real_engine_build_on_this_gpu_machine(hf, tmp_path):
     assert os.path.getsize(work / "engines" / "rank0.engine") > 1_000_000
 
 
-def test_another_layout_in_the_same_workdir_is_refused_without_force(converted, hf, tmp_path):
+def test_another_layout_in_the_same_workdir_is_refused_without_force(cpu_box_work, hf, tmp_path):
     # the WORKDIR holds a TP2 conversion; an h200x1 (TP1) build must not silently destroy it
-    work = copy_work(converted, tmp_path / "work")
+    work = copy_work(cpu_box_work, tmp_path / "work")
     before = sha256_file(work / "checkpoint" / "manifest.json")
     with pytest.raises(NemoTrtError) as exc:
         run_build(prepare(request(hf, work, gpu="h200x1", until="convert"), toolchain=NO_TOOLCHAIN),
