@@ -259,3 +259,19 @@ def test_another_layout_in_the_same_workdir_is_refused_without_force(cpu_box_wor
                   toolchain=NO_TOOLCHAIN)
     assert "already exists" in exc.value.problem and "--force" in exc.value.fix
     assert sha256_file(work / "checkpoint" / "manifest.json") == before
+
+
+def test_detect_toolchain_honours_the_trtllm_build_override(monkeypatch, tmp_path):
+    from nemo_trt.build import engine
+
+    monkeypatch.setenv(engine.TRTLLM_BUILD_ENV, str(FAKE_BUILD))
+    assert engine.detect_toolchain().trtllm_build == str(FAKE_BUILD)
+    not_executable = tmp_path / "trtllm-build"
+    not_executable.write_text("")
+    monkeypatch.setenv(engine.TRTLLM_BUILD_ENV, str(not_executable))
+    with pytest.raises(NemoTrtError, match="not an executable"):
+        engine.detect_toolchain()
+    monkeypatch.delenv(engine.TRTLLM_BUILD_ENV)
+    tc = engine.detect_toolchain()
+    if not HAVE_TRTLLM:  # this CPU machine: the refusal lists exactly what is missing
+        assert tc.trtllm_version is None and any("TensorRT-LLM" in m for m in tc.missing())
