@@ -220,3 +220,28 @@ def test_project_client_over_grpc_and_http(server):
         assert result.text == THINK
         assert result.reasoning == "Let me see: 你好, café 🙂👍🏽"
         assert result.answer == "The answer is 42 🎉 日本語."
+
+
+def test_http_generate_non_streaming_returns_one_json(server):
+    """The stock README's curl: POST /generate with text_input + max_tokens (one response)."""
+    import urllib.request
+
+    body = json.dumps({"text_input": "SCRIPT:" + THINK, "max_tokens": 60, "bad_words": "", "stop_words": ""})
+    request = urllib.request.Request(f"{server.http_url}/v2/models/ensemble/generate", data=body.encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        data = json.loads(response.read())
+    assert "error" not in data, data
+    assert data["text_output"] == THINK and data["answer_output"] == "The answer is 42 🎉 日本語."
+
+
+def test_cancelled_stream_does_not_hurt_the_server(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    client.async_stream_infer("ensemble", _inputs(text_input="SCRIPT:" + "long " * 60, stream=True, max_tokens=200))
+    results.get(timeout=60)  # first delta arrived
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    outputs, error = _call(server, text_input="after cancel", max_tokens=20)
+    assert error is None and "".join(_texts(outputs, "text_output")) == "after cancel"
