@@ -49,6 +49,8 @@ class RequestFields:
     exclude_input_in_output: bool | None = None
     beam_width: int | None = None
     num_return_sequences: int | None = None
+    min_tokens: int | None = None
+    min_length: int | None = None  # genai-perf's (old TensorRT-LLM) name for min_tokens
     # Accepted for compatibility with stock clients; only False is supported.
     unsupported_flags: dict[str, bool] = field(default_factory=dict)
 
@@ -71,6 +73,7 @@ class PreparedRequest:
     sampling: Sampling
     reasoning: str
     stream: bool
+    min_tokens: int = 1  # TensorRT-LLM's default: the end id may come first
 
     @property
     def input_len(self) -> int:
@@ -169,6 +172,11 @@ class Preprocessor:
             if output_len > room:
                 raise PromptError(f"prompt ({n} tokens) + max_tokens ({output_len}) exceeds this engine's "
                                   f"max_seq_len of {s.max_seq_len}: ask for at most {max(room, 0)} tokens")
+        if fields.min_tokens is not None and fields.min_length is not None and fields.min_tokens != fields.min_length:
+            raise PromptError("min_tokens and min_length (its old name) disagree: send one of them")
+        min_tokens = fields.min_tokens if fields.min_tokens is not None else fields.min_length
+        if min_tokens is not None and not (0 <= min_tokens <= output_len):
+            raise PromptError(f"min_tokens must be between 0 and max_tokens ({output_len}), got {min_tokens}")
         tokens = self.facts.tokens
         stop = [[i] for i in tokens.stop_ids] + self._words(list(fields.stop_words), "stop_words")
         return PreparedRequest(
@@ -181,6 +189,7 @@ class Preprocessor:
             sampling=effective_sampling(rendered.reasoning, self.facts, fields.temperature, fields.top_p, fields.top_k),
             reasoning=rendered.reasoning,
             stream=bool(fields.stream),
+            min_tokens=1 if min_tokens is None else int(min_tokens),
         )
 
 

