@@ -42,7 +42,8 @@ def server(tmp_path_factory):
     (work / "ref" / "config.json").write_text(json.dumps({"vocab_size": 128256, "max_position_embeddings": 4096}))
     plan = SimpleNamespace(build=SimpleNamespace(max_batch_size=4, max_input_len=MAX_INPUT_LEN,
                                                  max_seq_len=MAX_SEQ_LEN, max_num_tokens=None))
-    written = write_repository(work / "written", tokenizer_dir=TOKENIZER_DIR, reference_dir=work / "ref", plan=plan)
+    written = write_repository(work / "written", tokenizer_dir=TOKENIZER_DIR, reference_dir=work / "ref", plan=plan,
+                               instances=2)
     repo = work / "moved" / "repo"  # served from elsewhere: the repository is relocatable
     repo.parent.mkdir()
     shutil.move(str(written), repo)
