@@ -283,3 +283,17 @@ def test_repo_command_errors(tmp_path):
     assert main(["repo", "-o", str(tmp_path / "r"), "--tokenizer", str(TOKENIZER_DIR), "--reference", str(ref),
                  "--precision", "fp8"]) == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_model_parameters_helpers(tmp_path):
+    from nemo_trt.serve.triton_params import model_parameters, required
+
+    args = {"model_config": json.dumps({"parameters": {"a": {"string_value": "1"}, "b": {"string_value": "${b}"}}}),
+            "model_repository": str(tmp_path / "m")}
+    params = model_parameters(args)
+    assert required(params, "a") == "1"
+    for key in ("b", "missing"):
+        with pytest.raises(ValueError, match="nemo-trt repo"):
+            required(params, key)
+    assert resolve_path("/abs/x", args) == Path("/abs/x")
+    assert resolve_path("../t", args) == (tmp_path / "t").resolve()
