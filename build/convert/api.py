@@ -37,7 +37,10 @@ class ConversionResult:
 def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, pp: int = 1,
                        precision: str = "bf16", kv_cache_dtype: str | None = None, workers: int = 1,
                        force: bool = False, calib_prompts: str | Path | None = None, device: str = "cpu",
-                       progress: bool = True, calibrator: str = "reference") -> ConversionResult:
+                       progress: bool = True, calibrator: str = "reference",
+                       calibration=None) -> ConversionResult:
+    """See the package docstring. `calibration` (a calibrate.Calibration) supplies precomputed activation /
+    KV ranges and skips the calibration pass (its `settings` go into the manifest)."""
     from nemo_trt.build.convert import calibrate as cal
     from nemo_trt.build.convert.source import SourceWeights
 
@@ -59,10 +62,11 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
         raise NemoTrtError("the FP8 checkpoint has no k_scale/v_scale for an FP8 KV cache",
                            "use --kv-cache-dtype bf16, or convert the BF16 checkpoint (nemo-trt calibrates the KV cache)")
     needs_calibration = not src.quantized and (precision == "fp8" or kv_cache_dtype == "fp8")
-    prompts = cal.load_prompts(calib_prompts) if needs_calibration else None
+    prompts = cal.load_prompts(calib_prompts) if needs_calibration and calibration is None else None
+    calib_settings = (calibration.settings if calibration is not None and needs_calibration else
+                      cal.settings(prompts, calibrator, device) if prompts is not None else None)
     plan = {"tp": tp, "pp": pp, "precision": precision, "kv_cache_dtype": kv_cache_dtype, "dtype": dtype,
-            "source_quantization": src.quant.quant_algo,
-            "calibration": cal.settings(prompts, calibrator, device) if prompts is not None else None}
+            "source_quantization": src.quant.quant_algo, "calibration": calib_settings}
     inputs = mf.make_inputs(src.ckpt.fingerprint(), plan)
     output = Path(output)
     if output.exists() and not force:
@@ -74,8 +78,11 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
                            "pass --force to replace it, or choose another --output")
 
     q = QuantSettings(precision, kv_cache_dtype, dtype)
-    calibration = None
-    if needs_calibration:
+    if not needs_calibration:
+        calibration = None
+    elif calibration is not None:
+        q = QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
+    else:
         calibration = cal.calibrate(checkpoint, prompts, device=device, calibrator=calibrator,
                                     kv=kv_cache_dtype == "fp8")
         q = QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
