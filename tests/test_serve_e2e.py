@@ -1,0 +1,271 @@
+"""End to end on CPU: tiny checkpoint → converter → repository (reference backend) → tritonserver → client.
+
+One server for the whole session (tests/conftest.py `reference_server`). The tiny model is
+trained on the Nemotron protocol, so reasoning on/off must give different, correctly split
+outputs that stop at <|eot_id|>.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytriton")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+
+from nemo_trt.serve.client import (  # noqa: E402
+    GenerateError,
+    GenerateRequest,
+    ServerUnavailable,
+    generate,
+    stream_generate,
+)
+
+pytestmark = pytest.mark.slow
+
+EOT_ID = 128009
+
+
+def ask(question: str, reasoning: str, **kw) -> GenerateRequest:
+    kw.setdefault("temperature", 0.0)
+    kw.setdefault("max_tokens", 96)
+    return GenerateRequest(messages=[{"role": "user", "content": question}], reasoning=reasoning, **kw)
+
+
+def test_reasoning_on_and_off_are_split_and_stop_at_eot(reference_server, tiny_checkpoint_dir):
+    from nemo_trt.build.tiny import prompt_ids
+    from nemo_trt.reference import ReferenceModel
+
+    url = reference_server.grpc_url
+    question = "What colour is grass?"
+    on = generate(url, ask(question, "on"))
+    off = generate(url, ask(question, "off"))
+    assert on.text.startswith("<think>") and "</think>" in on.text
+    assert "grass" in on.reasoning and "<think>" not in on.reasoning and "</think>" not in on.reasoning
+    assert on.answer.strip() == "Grass is green." and on.text.endswith(on.answer)
+    assert off.reasoning == "" and off.answer.strip() == "Grass is green." and off.text == off.answer
+    assert on.text != off.text
+    for result in (on, off):
+        assert result.finish_reason == "stop" and result.num_output_tokens < 96
+        assert result.token_ids and EOT_ID not in result.token_ids  # stopped at <|eot_id|>, not returned
+        assert "<|eot_id|>" not in result.text
+    # token for token what the reference model generates in-process from the HF checkpoint
+    model = ReferenceModel.from_hf(tiny_checkpoint_dir)
+    for result, thinking in ((on, True), (off, False)):
+        expected = model.generate(prompt_ids(question, thinking), 96, stop_ids=[EOT_ID])
+        assert expected[-1] == EOT_ID and result.token_ids == expected[:-1]
+
+
+def test_streamed_deltas_concatenate_to_non_streamed(reference_server):
+    url = reference_server.grpc_url
+    request = ask("What is 2 plus 5?", "on")
+    whole = generate(url, request, stream=False)
+    deltas = list(stream_generate(url, request))
+    assert whole.num_responses == 1
+    assert len(deltas) >= whole.num_output_tokens  # one response per token
+    assert "".join(d.text for d in deltas) == whole.text
+    assert "".join(d.reasoning for d in deltas) == whole.reasoning
+    assert "".join(d.answer for d in deltas) == whole.answer
+    assert [t for d in deltas for t in d.token_ids] == whole.token_ids
+    counts = [d.num_output_tokens for d in deltas if d.num_output_tokens is not None]
+    assert counts == sorted(counts) and counts[-1] == whole.num_output_tokens
+    assert "7" in whole.answer
+    streamed = generate(url, request, stream=True)
+    assert streamed.text == whole.text and streamed.ttft is not None and streamed.itl is not None
+    assert streamed.ttft <= streamed.total_time
+
+
+def test_http_generate_stream_matches_grpc(reference_server):
+    request = ask("What colour is grass?", "off")
+    grpc_result = generate(reference_server.grpc_url, request)
+    http_streamed = generate(reference_server.http_url, request, protocol="http", stream=True)
+    http_whole = generate(reference_server.http_url, request, protocol="http", stream=False)
+    assert grpc_result.answer.strip() == "Grass is green."
+    assert http_streamed.text == http_whole.text == grpc_result.text
+    assert http_streamed.num_output_tokens == grpc_result.num_output_tokens
+    assert http_streamed.num_responses > 1 and http_whole.num_responses == 1
+
+
+def test_max_tokens_and_seeded_sampling(reference_server):
+    url = reference_server.grpc_url
+    short = generate(url, ask("What is the capital of Japan?", "on", max_tokens=3))
+    assert short.num_output_tokens == 3 and short.finish_reason == "length"
+    sampled = [generate(url, ask("What is the capital of Japan?", "on", temperature=1.5, seed=seed, max_tokens=24))
+               for seed in (7, 7, 8)]
+    assert sampled[0].token_ids == sampled[1].token_ids  # same seed, same tokens
+    assert sampled[0].num_output_tokens >= 1
+
+
+def _direct_tensorrt_llm(server, **tensors):
+    """Call the tensorrt_llm (reference) model directly over the gRPC stream; (responses, error)."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    inputs = []
+    for name, (value, dtype) in tensors.items():
+        array = np.array([value], dtype=dtype)
+        tensor = grpcclient.InferInput(name, list(array.shape), {np.int32: "INT32", bool: "BOOL",
+                                                                 np.float32: "FP32"}[dtype])
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    responses, error = [], None
+    try:
+        client.async_stream_infer("tensorrt_llm", inputs, enable_empty_final_response=True)
+        while True:
+            result, error = results.get(timeout=60)
+            if error is not None:
+                break
+            response = result.get_response()
+            if response.outputs:
+                responses.append({o.name: result.as_numpy(o.name) for o in response.outputs})
+            if response.parameters["triton_final_response"].bool_param:
+                break
+    finally:
+        client.stop_stream()
+        client.close()
+    return responses, error
+
+
+def test_backend_contract_and_bad_inputs(reference_server):
+    base = {"input_ids": ([128000, 9906, 1917], np.int32), "input_lengths": ([3], np.int32),
+            "request_output_len": ([4], np.int32)}
+    responses, error = _direct_tensorrt_llm(reference_server, **base, streaming=([True], bool))
+    assert error is None and len(responses) == 4
+    assert all(r["output_ids"].shape == (1, 1, 1) for r in responses)
+    assert [int(r["num_output_tokens"][0, 0]) for r in responses] == [1, 2, 3, 4]
+    responses, error = _direct_tensorrt_llm(reference_server, **base, exclude_input_in_output=([False], bool))
+    assert error is None and len(responses) == 1
+    assert responses[0]["output_ids"][0, 0, :3].tolist() == [128000, 9906, 1917]
+    assert int(responses[0]["sequence_length"][0, 0]) == 7
+
+    for bad, message in (({"input_ids": ([128000, 999999], np.int32), "input_lengths": ([2], np.int32)}, "range"),
+                         ({"beam_width": ([4], np.int32)}, "beam_width"),
+                         ({"request_output_len": ([0], np.int32)}, "request_output_len")):
+        _, error = _direct_tensorrt_llm(reference_server, **{**base, **bad})
+        assert error is not None and message in str(error)
+    # the ensemble: an error response, then the next request is served normally
+    with pytest.raises(GenerateError):
+        generate(reference_server.grpc_url, ask("What is 2 plus 5?", "off", max_tokens=10**7))
+    assert generate(reference_server.grpc_url, ask("What is 2 plus 5?", "off")).answer.strip() == "2 plus 5 is 7."
+
+
+def test_sixteen_concurrent_streams(reference_server, reference_repository):
+    from nemo_trt.serve.launcher import read_repository
+
+    backend = next(m for m in read_repository(reference_repository) if m.name == "tensorrt_llm")
+    max_active = int(backend.parameters["reference_max_active"])
+    url = reference_server.grpc_url
+    questions = [f"What is the capital of {c}?" for c in ("France", "Italy", "Spain", "Japan")] + \
+                [f"What is {a} plus {b}?" for a, b in ((1, 2), (3, 3), (4, 1), (9, 2))]
+    requests = [ask(q, mode) for q in questions for mode in ("on", "off")]
+    assert len(requests) == 16
+    expected = {i: generate(url, r).text for i, r in enumerate(requests[:2])}
+    starts, ends = {}, {}
+
+    def run(index: int):
+        deltas = []
+        for delta in stream_generate(url, requests[index]):
+            starts.setdefault(index, time.perf_counter())
+            deltas.append(delta)
+        ends[index] = time.perf_counter()
+        return "".join(d.text for d in deltas), deltas[-1].num_output_tokens
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(run, range(16)))
+    for index, (text, count) in enumerate(results):
+        assert count and count < 96, (index, text)
+        assert text.startswith("<think>") == (requests[index].reasoning == "on")
+        if index in expected:
+            assert text == expected[index]  # interleaving does not change greedy output
+    # fair scheduling: the first `max_active` streams all got a token before any stream finished
+    assert sorted(starts.values())[min(16, max_active) - 1] < min(ends.values())
+
+
+def test_client_disconnect_mid_stream_keeps_server_serving(reference_server):
+    url = reference_server.grpc_url
+    request = GenerateRequest(prompt="The capital of", max_tokens=200, temperature=0.0)
+    stream = stream_generate(url, request)
+    first = [next(stream), next(stream)]
+    stream.close()  # cancels the request on the server
+    assert all(d.text is not None for d in first)
+    # HTTP: drop the TCP connection after the first event
+    host, port = reference_server.http_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    body = json.dumps({"text_input": "The capital of", "max_tokens": 200, "stream": True})
+    connection.request("POST", "/v2/models/ensemble/generate_stream", body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data:")
+    connection.sock.close()
+    connection.close()
+    assert reference_server.is_ready()
+    after = generate(url, ask("What colour is snow?", "off"))
+    assert after.answer.strip() == "Snow is white."
+
+
+def test_chat_command_against_server(reference_server):
+    from click.testing import CliRunner
+
+    from nemo_trt.commands.chat import command
+
+    runner = CliRunner()
+    result = runner.invoke(command, ["What colour is grass?", "--reasoning", "on", "--temperature", "0",
+                                     "--url", reference_server.grpc_url])
+    assert result.exit_code == 0, result.output
+    assert "The user asks about the colour of grass" in result.output and "Grass is green." in result.output
+    assert "TTFT" in result.output and "<think>" not in result.output
+    result = runner.invoke(command, ["What colour is grass?", "--reasoning", "off", "--temperature", "0", "--json",
+                                     "--protocol", "http", "--url", reference_server.http_url, "--no-stream"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["answer"].strip() == "Grass is green." and data["reasoning"] == ""
+    assert data["finish_reason"] == "stop" and data["num_responses"] == 1
+
+
+def test_client_errors_when_server_is_down():
+    with pytest.raises(ServerUnavailable, match="cannot reach"):
+        generate("127.0.0.1:1", ask("hi", "off"))
+    with pytest.raises(ServerUnavailable, match="cannot reach"):
+        generate("127.0.0.1:1", ask("hi", "off"), protocol="http")
+
+
+def test_client_error_when_model_missing(reference_server):
+    with pytest.raises(ServerUnavailable, match="not ready"):
+        generate(reference_server.grpc_url, ask("hi", "off", model="no_such_model"))
+    with pytest.raises(ServerUnavailable, match="not ready"):
+        generate(reference_server.http_url, ask("hi", "off", model="no_such_model"), protocol="http")
+
+
+def test_serve_command_starts_and_stops_on_ctrl_c(reference_repository, tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nemo_trt.cli", "serve", "--repo", str(reference_repository), "--http-port", "0",
+         "--grpc-port", "0", "--metrics-port", "0", "--json", "--log-file", str(tmp_path / "server.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("}"):
+                break
+        endpoints = json.loads("".join(lines))
+        assert endpoints["grpc"].startswith("127.0.0.1:")
+        result = generate(endpoints["grpc"], ask("What is the capital of Peru?", "off"))
+        assert result.answer.strip() == "The capital of Peru is Lima."
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+        server_pid = endpoints["pid"]
+        time.sleep(0.2)
+        with pytest.raises(ProcessLookupError):
+            os.kill(server_pid, 0)
+    finally:
+        if process.poll() is None:
+            process.kill()
