@@ -42,31 +42,49 @@ def ask(question: str, reasoning: str, **kw) -> GenerateRequest:
     return GenerateRequest(messages=[{"role": "user", "content": question}], reasoning=reasoning, **kw)
 
 
-def test_reasoning_on_and_off_are_split_and_stop_at_eot(reference_server, tiny_checkpoint_dir):
+@pytest.fixture(scope="module")
+def oracle(tiny_checkpoint_dir):
+    """Greedy token ids the reference model generates in-process from the HF checkpoint (no server).
+
+    The tiny model is small and its answers may be wrong; what must hold is that the server
+    returns exactly what the model generates (stop token excluded).
+    """
     from nemo_trt.build.tiny import prompt_ids
     from nemo_trt.reference import ReferenceModel
 
+    model = ReferenceModel.from_hf(tiny_checkpoint_dir)
+    cache = {}
+
+    def expected(question: str, reasoning: str) -> list[int]:
+        if (question, reasoning) not in cache:
+            out = model.generate(prompt_ids(question, reasoning == "on"), 96, stop_ids=[EOT_ID])
+            assert out[-1] == EOT_ID, "the tiny model must end its turn within 96 tokens"
+            cache[question, reasoning] = out[:-1]
+        return cache[question, reasoning]
+
+    return expected
+
+
+def test_reasoning_on_and_off_are_split_and_stop_at_eot(reference_server, oracle):
     url = reference_server.grpc_url
     question = "What colour is grass?"
     on = generate(url, ask(question, "on"))
     off = generate(url, ask(question, "off"))
     assert on.text.startswith("<think>") and "</think>" in on.text
-    assert "grass" in on.reasoning and "<think>" not in on.reasoning and "</think>" not in on.reasoning
-    assert on.answer.strip() == "Grass is green." and on.text.endswith(on.answer)
-    assert off.reasoning == "" and off.answer.strip() == "Grass is green." and off.text == off.answer
+    assert on.reasoning.strip() and "<think>" not in on.reasoning and "</think>" not in on.reasoning
+    assert on.answer.strip() and on.text.endswith(on.answer) and on.reasoning.strip() in on.text
+    assert off.reasoning == "" and off.answer.strip() and off.text == off.answer and "<think>" not in off.text
     assert on.text != off.text
     for result in (on, off):
         assert result.finish_reason == "stop" and result.num_output_tokens < 96
         assert result.token_ids and EOT_ID not in result.token_ids  # stopped at <|eot_id|>, not returned
         assert "<|eot_id|>" not in result.text
-    # token for token what the reference model generates in-process from the HF checkpoint
-    model = ReferenceModel.from_hf(tiny_checkpoint_dir)
-    for result, thinking in ((on, True), (off, False)):
-        expected = model.generate(prompt_ids(question, thinking), 96, stop_ids=[EOT_ID])
-        assert expected[-1] == EOT_ID and result.token_ids == expected[:-1]
+    # token for token what the reference model generates in-process
+    assert on.token_ids == oracle(question, "on")
+    assert off.token_ids == oracle(question, "off")
 
 
-def test_streamed_deltas_concatenate_to_non_streamed(reference_server):
+def test_streamed_deltas_concatenate_to_non_streamed(reference_server, oracle):
     url = reference_server.grpc_url
     request = ask("What is 2 plus 5?", "on")
     whole = generate(url, request, stream=False)
@@ -79,18 +97,18 @@ def test_streamed_deltas_concatenate_to_non_streamed(reference_server):
     assert [t for d in deltas for t in d.token_ids] == whole.token_ids
     counts = [d.num_output_tokens for d in deltas if d.num_output_tokens is not None]
     assert counts == sorted(counts) and counts[-1] == whole.num_output_tokens
-    assert "7" in whole.answer
+    assert whole.token_ids == oracle("What is 2 plus 5?", "on")
     streamed = generate(url, request, stream=True)
     assert streamed.text == whole.text and streamed.ttft is not None and streamed.itl is not None
     assert streamed.ttft <= streamed.total_time
 
 
-def test_http_generate_stream_matches_grpc(reference_server):
+def test_http_generate_stream_matches_grpc(reference_server, oracle):
     request = ask("What colour is grass?", "off")
     grpc_result = generate(reference_server.grpc_url, request)
     http_streamed = generate(reference_server.http_url, request, protocol="http", stream=True)
     http_whole = generate(reference_server.http_url, request, protocol="http", stream=False)
-    assert grpc_result.answer.strip() == "Grass is green."
+    assert grpc_result.token_ids == oracle("What colour is grass?", "off")
     assert http_streamed.text == http_whole.text == grpc_result.text
     assert http_streamed.num_output_tokens == grpc_result.num_output_tokens
     assert http_streamed.num_responses > 1 and http_whole.num_responses == 1
@@ -136,7 +154,7 @@ def _direct_tensorrt_llm(server, **tensors):
     return responses, error
 
 
-def test_backend_contract_and_bad_inputs(reference_server):
+def test_backend_contract_and_bad_inputs(reference_server, oracle):
     base = {"input_ids": ([128000, 9906, 1917], np.int32), "input_lengths": ([3], np.int32),
             "request_output_len": ([4], np.int32)}
     responses, error = _direct_tensorrt_llm(reference_server, **base, streaming=([True], bool))
@@ -156,20 +174,21 @@ def test_backend_contract_and_bad_inputs(reference_server):
     # the ensemble: an error response, then the next request is served normally
     with pytest.raises(GenerateError):
         generate(reference_server.grpc_url, ask("What is 2 plus 5?", "off", max_tokens=10**7))
-    assert generate(reference_server.grpc_url, ask("What is 2 plus 5?", "off")).answer.strip() == "2 plus 5 is 7."
+    assert generate(reference_server.grpc_url, ask("What is 2 plus 5?", "off")).token_ids == \
+        oracle("What is 2 plus 5?", "off")
 
 
-def test_sixteen_concurrent_streams(reference_server, reference_repository):
+def test_sixteen_concurrent_streams(reference_server, reference_repository, oracle):
     from nemo_trt.serve.launcher import read_repository
 
     backend = next(m for m in read_repository(reference_repository) if m.name == "tensorrt_llm")
     max_active = int(backend.parameters["reference_max_active"])
     url = reference_server.grpc_url
-    questions = [f"What is the capital of {c}?" for c in ("France", "Italy", "Spain", "Japan")] + \
-                [f"What is {a} plus {b}?" for a, b in ((1, 2), (3, 3), (4, 1), (9, 2))]
-    requests = [ask(q, mode) for q in questions for mode in ("on", "off")]
+    questions = [f"What is the capital of {c}?" for c in ("France", "Italy", "Spain", "Japan", "Egypt", "Kenya")] + \
+                [f"What is {a} plus {b}?" for a, b in ((1, 2), (3, 3), (4, 1), (9, 2), (2, 8), (5, 5))]
+    # mostly reasoning off (short answers) to keep the test quick on 2 cores; 4 with reasoning on
+    requests = [ask(q, "off") for q in questions] + [ask(q, "on") for q in questions[:4]]
     assert len(requests) == 16
-    expected = {i: generate(url, r).text for i, r in enumerate(requests[:2])}
     starts, ends = {}, {}
 
     def run(index: int):
@@ -178,20 +197,21 @@ def test_sixteen_concurrent_streams(reference_server, reference_repository):
             starts.setdefault(index, time.perf_counter())
             deltas.append(delta)
         ends[index] = time.perf_counter()
-        return "".join(d.text for d in deltas), deltas[-1].num_output_tokens
+        return [t for d in deltas for t in d.token_ids], "".join(d.text for d in deltas), deltas[-1].num_output_tokens
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(run, range(16)))
-    for index, (text, count) in enumerate(results):
-        assert count and count < 96, (index, text)
+    for index, (ids, text, count) in enumerate(results):
+        assert count == len(ids) and count < 96, (index, text)
         assert text.startswith("<think>") == (requests[index].reasoning == "on")
-        if index in expected:
-            assert text == expected[index]  # interleaving does not change greedy output
+    for index in (0, 7, 12, 15):  # interleaving does not change greedy output
+        question = requests[index].messages[0]["content"]
+        assert results[index][0] == oracle(question, requests[index].reasoning), index
     # fair scheduling: the first `max_active` streams all got a token before any stream finished
     assert sorted(starts.values())[min(16, max_active) - 1] < min(ends.values())
 
 
-def test_client_disconnect_mid_stream_keeps_server_serving(reference_server):
+def test_client_disconnect_mid_stream_keeps_server_serving(reference_server, oracle):
     url = reference_server.grpc_url
     request = GenerateRequest(prompt="The capital of", max_tokens=200, temperature=0.0)
     stream = stream_generate(url, request)
@@ -209,7 +229,7 @@ def test_client_disconnect_mid_stream_keeps_server_serving(reference_server):
     connection.close()
     assert reference_server.is_ready()
     after = generate(url, ask("What colour is snow?", "off"))
-    assert after.answer.strip() == "Snow is white."
+    assert after.token_ids == oracle("What colour is snow?", "off")
 
 
 def test_chat_command_against_server(reference_server):
@@ -217,17 +237,19 @@ def test_chat_command_against_server(reference_server):
 
     from nemo_trt.commands.chat import command
 
+    on = generate(reference_server.grpc_url, ask("What colour is grass?", "on"))
+    off = generate(reference_server.grpc_url, ask("What colour is grass?", "off"))
     runner = CliRunner()
     result = runner.invoke(command, ["What colour is grass?", "--reasoning", "on", "--temperature", "0",
                                      "--url", reference_server.grpc_url])
     assert result.exit_code == 0, result.output
-    assert "The user asks about the colour of grass" in result.output and "Grass is green." in result.output
+    assert on.reasoning.strip() in result.output and on.answer.strip() in result.output
     assert "TTFT" in result.output and "<think>" not in result.output
     result = runner.invoke(command, ["What colour is grass?", "--reasoning", "off", "--temperature", "0", "--json",
                                      "--protocol", "http", "--url", reference_server.http_url, "--no-stream"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["answer"].strip() == "Grass is green." and data["reasoning"] == ""
+    assert data["answer"] == off.answer and data["reasoning"] == "" and data["token_ids"] == off.token_ids
     assert data["finish_reason"] == "stop" and data["num_responses"] == 1
 
 
@@ -245,7 +267,7 @@ def test_client_error_when_model_missing(reference_server):
         generate(reference_server.http_url, ask("hi", "off", model="no_such_model"), protocol="http")
 
 
-def test_serve_command_starts_and_stops_on_ctrl_c(reference_repository, tmp_path):
+def test_serve_command_starts_and_stops_on_ctrl_c(reference_repository, tmp_path, oracle):
     process = subprocess.Popen(
         [sys.executable, "-m", "nemo_trt.cli", "serve", "--repo", str(reference_repository), "--http-port", "0",
          "--grpc-port", "0", "--metrics-port", "0", "--json", "--log-file", str(tmp_path / "server.log")],
@@ -259,7 +281,7 @@ def test_serve_command_starts_and_stops_on_ctrl_c(reference_repository, tmp_path
         endpoints = json.loads("".join(lines))
         assert endpoints["grpc"].startswith("127.0.0.1:")
         result = generate(endpoints["grpc"], ask("What is the capital of Peru?", "off"))
-        assert result.answer.strip() == "The capital of Peru is Lima."
+        assert result.token_ids == oracle("What is the capital of Peru?", "off")
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
         server_pid = endpoints["pid"]
