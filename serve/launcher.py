@@ -385,11 +385,30 @@ def stale_shm_regions(shm_dir: Path = SHM_DIR, min_age_s: float = 60.0,
     return stale
 
 
+def stale_python_env_dirs(tmp_dir: Path | None = None, min_age_s: float = 60.0, now: float | None = None) -> list[Path]:
+    """Empty `python_env_*` directories the python backend leaves in the temp dir after crashes."""
+    tmp_dir = Path(tempfile.gettempdir()) if tmp_dir is None else tmp_dir
+    now = time.time() if now is None else now
+    stale = []
+    for path in tmp_dir.glob("python_env_*"):
+        try:
+            if path.is_dir() and not any(path.iterdir()) and now - path.stat().st_mtime >= min_age_s:
+                stale.append(path)
+        except OSError:
+            continue
+    return stale
+
+
 def cleanup_stale_shm(shm_dir: Path = SHM_DIR) -> int:
+    """Remove what crashed servers left: unmapped shm regions and empty python_env_* dirs."""
     removed = 0
     for path in stale_shm_regions(shm_dir):
         with contextlib.suppress(OSError):
             path.unlink()
+            removed += 1
+    for path in stale_python_env_dirs():
+        with contextlib.suppress(OSError):
+            path.rmdir()
             removed += 1
     return removed
 

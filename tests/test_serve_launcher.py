@@ -144,6 +144,18 @@ def test_stale_shm_regions_only_unmapped_and_old(tmp_path):
     assert sorted(p.name for p in stale) == ["nemo_trt_1_2_rank0_x", "triton_python_backend_shm_region_a"]
 
 
+def test_stale_python_env_dirs_only_empty_and_old(tmp_path):
+    for name in ("python_env_a", "python_env_b", "python_env_new", "other_dir"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "python_env_b" / "in-use").write_text("x")
+    old = 1_000_000.0
+    for name in ("python_env_a", "python_env_b", "other_dir"):
+        os.utime(tmp_path / name, (old, old))
+    now = old + 3600
+    os.utime(tmp_path / "python_env_new", (now, now))
+    assert [p.name for p in ln.stale_python_env_dirs(tmp_path, now=now)] == ["python_env_a"]
+
+
 def _write_model(repo: Path, name: str, config: str, model_py: str | None = None) -> None:
     (repo / name / "1").mkdir(parents=True)
     (repo / name / "config.pbtxt").write_text(config)
