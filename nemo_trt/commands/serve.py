@@ -52,11 +52,12 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
                           model_control_mode=model_control_mode, log_verbose=log_verbose, log_file=log_file,
                           tritonserver=tritonserver, startup_timeout=startup_timeout)
 
-    # SIGTERM (docker stop, systemd) stops the server like Ctrl-C does.
+    # SIGTERM (docker stop, systemd) stops the server like Ctrl-C does. SIGINT is set
+    # explicitly too: a shell starts background jobs with SIGINT ignored.
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if as_json:
             server.start()
@@ -78,7 +79,8 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
         err_console.print(f"stopped (exit code {code})")
     finally:
         server.stop()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _print_endpoints(server, endpoints) -> None:
