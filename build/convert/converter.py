@@ -17,12 +17,11 @@ from typing import Callable, Iterator
 
 import torch
 
-from nemo_trt.atomic import atomic_dir
 from nemo_trt.build.convert import fp8
 from nemo_trt.build.convert.mapping import RankMapping, rank_of
-from nemo_trt.build.convert.weight_map import Rule, check_parallelism, hf_module, rank_rules, tensor_for_rank
+from nemo_trt.build.convert.weight_map import Rule, hf_module, rank_rules, tensor_for_rank
 from nemo_trt.build.convert.writer import Entry, StreamingSafetensorsWriter, disk_error
-from nemo_trt.build.convert.trtllm_config import make_config, rank_file
+from nemo_trt.build.convert.trtllm_config import rank_file
 from nemo_trt.build.spec import ModelSpec
 from nemo_trt.errors import NemoTrtError
 
@@ -130,7 +129,9 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
     spec = src.spec
     layout = rank_entries(spec, RankMapping(job.tp, job.pp, rank_of(job.tp_ranks[0], job.pp_rank, job.tp)), job.quant)
     all_entries = [e for _, es in layout for e in es]
-    writers = {r: StreamingSafetensorsWriter(Path(job.out_dir) / rank_file(rank_of(r, job.pp_rank, job.tp)), all_entries)
+    threaded = len(job.tp_ranks) > 1 or os.cpu_count() and os.cpu_count() > 1
+    writers = {r: StreamingSafetensorsWriter(Path(job.out_dir) / rank_file(rank_of(r, job.pp_rank, job.tp)), all_entries,
+                                             threaded=bool(threaded))
                for r in job.tp_ranks}
     try:
         for rule, _ in layout:
@@ -139,6 +140,8 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
                     writers[r].write(name, t)
                     if report:
                         report(t.numel() * t.element_size())
+            for w in writers.values():  # one rule in flight: memory stays one source tensor + its pieces
+                w.flush()
         return {w.path.name: w.close() for w in writers.values()}
     finally:
         for w in writers.values():

@@ -9,7 +9,7 @@ as upstream writes them; `layer_configs` holds the real per-layer values.
 from __future__ import annotations
 
 from nemo_trt.build.convert.mapping import RankMapping
-from nemo_trt.build.convert.weight_map import Split, rank_rules
+from nemo_trt.build.convert.weight_map import rank_rules
 from nemo_trt.build.spec import AttentionKind, FFNKind, ModelSpec
 
 DTYPE_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
@@ -93,4 +93,4 @@ def expected_tensor_count(spec: ModelSpec, tp: int, pp: int, rank: int) -> int:
     return len(rank_rules(spec, RankMapping(tp, pp, rank)))
 
 
-__all__ = ["make_config", "quantization_block", "rank_file", "Split"]
+__all__ = ["make_config", "quantization_block", "rank_file", "expected_tensor_count"]

@@ -6,6 +6,11 @@ length, a JSON header mapping names to {dtype, shape, data_offsets}, then the ra
 bytes. Shapes and dtypes are known from the conversion plan before any weight is
 read, so the header is written first and the tensors are appended in order. The
 file's sha256 is computed on the fly (for manifest.json).
+
+With `threaded=True` the bytes are written and hashed by a thread of this writer
+(`write` queues, `flush` waits): file writes and sha256 release the GIL, so the TP
+rank files of a stage are written and hashed in parallel. Callers `flush` after each
+tensor group, which keeps memory bounded to that group.
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import errno
 import hashlib
 import json
 import math
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +33,7 @@ from nemo_trt.errors import NemoTrtError
 # Test hook: called with (path, nbytes) before every data write; a test can raise
 # OSError(ENOSPC) here to simulate a full disk.
 WRITE_HOOK: Callable[[Path, int], None] | None = None
+_SLICE = 8 * 1024 * 1024  # write + hash in cache-sized slices
 
 
 @dataclass(frozen=True)
@@ -48,8 +56,11 @@ def disk_error(path: Path, exc: OSError) -> NemoTrtError:
 
 
 class StreamingSafetensorsWriter:
-    def __init__(self, path: str | Path, entries: Sequence[Entry], metadata: dict[str, str] | None = None):
+    def __init__(self, path: str | Path, entries: Sequence[Entry], metadata: dict[str, str] | None = None,
+                 threaded: bool = False):
         self.path = Path(path)
+        self._queue: queue.Queue | None = None
+        self._error: BaseException | None = None
         self.entries = list(entries)
         self._next = 0
         self._sha = hashlib.sha256()
@@ -67,27 +78,70 @@ class StreamingSafetensorsWriter:
         except OSError as exc:
             raise disk_error(self.path, exc) from exc
         self._write(struct.pack("<Q", len(raw)) + raw)
+        if threaded:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._drain, name=f"write-{self.path.name}", daemon=True)
+            self._thread.start()
 
     def _write(self, data) -> None:
         try:
             if WRITE_HOOK is not None:
                 WRITE_HOOK(self.path, len(data))
-            self._fh.write(data)
+            view = memoryview(data)
+            for start in range(0, len(view), _SLICE):
+                part = view[start:start + _SLICE]
+                self._fh.write(part)
+                self._sha.update(part)
         except OSError as exc:
             self._fh.close()
             raise disk_error(self.path, exc) from exc
-        self._sha.update(data)
+
+    def _write_tensor(self, t: torch.Tensor) -> None:
+        if t.is_contiguous():
+            self._write(t.reshape(-1).view(torch.uint8).numpy())
+            return
+        # A strided view (row-split piece): copy a few MB of rows at a time, never the whole piece.
+        rows = max(1, _SLICE // max(1, t[0].numel() * t.element_size()))
+        for start in range(0, t.shape[0], rows):
+            self._write(t[start:start + rows].contiguous().reshape(-1).view(torch.uint8).numpy())
+
+    def _drain(self) -> None:
+        while True:
+            item = self._queue.get()  # type: ignore[union-attr]
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._write_tensor(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller in flush()
+                self._error = exc
+            finally:
+                self._queue.task_done()  # type: ignore[union-attr]
+
+    def flush(self) -> None:
+        """Wait until every queued tensor is on its way to disk; re-raise a write error here."""
+        if self._queue is not None:
+            self._queue.join()
+        if self._error is not None:
+            raise self._error
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         e = self.entries[self._next]
         if name != e.name or tuple(tensor.shape) != e.shape or tensor.dtype != e.dtype:
             raise AssertionError(f"writer expected {e.name} {e.dtype}{list(e.shape)}, got {name} {tensor.dtype}{list(tensor.shape)}")
         if e.nbytes:
-            self._write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            if self._queue is not None:
+                if self._error is not None:
+                    raise self._error
+                self._queue.put(tensor)
+            else:
+                self._write_tensor(tensor)
         self._next += 1
 
     def close(self) -> str:
         """Finish the file; returns its sha256."""
+        self.flush()
+        self._stop()
         if self._next != len(self.entries):
             raise AssertionError(f"{self.path}: {len(self.entries) - self._next} tensors not written")
         try:
@@ -97,6 +151,14 @@ class StreamingSafetensorsWriter:
             raise disk_error(self.path, exc) from exc
         return self._sha.hexdigest()
 
+    def _stop(self) -> None:
+        if self._queue is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
     def abort(self) -> None:
+        if self._queue is not None:
+            self._error = self._error or RuntimeError("aborted")
+            self._stop()
         if not self._fh.closed:
             self._fh.close()
