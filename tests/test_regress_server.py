@@ -11,6 +11,7 @@ Re-record the golden (after an intended change of the tiny model or the serving 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -35,23 +36,46 @@ def run_cli(args, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def tiny_labels(tiny_checkpoint_dir: Path) -> dict[str, str]:
+    """Which tiny model the golden belongs to: its cache key (the recipe) and its weights' digest."""
+    digest = hashlib.sha256()
+    for shard in sorted(Path(tiny_checkpoint_dir).glob("*.safetensors")):
+        digest.update(shard.read_bytes())
+    return {"tiny_model": Path(tiny_checkpoint_dir).name, "tiny_weights_sha256": digest.hexdigest()}
+
+
 @pytest.fixture(scope="module")
-def golden_path(reference_server):
+def golden_path(reference_server, tiny_checkpoint_dir):
     if os.environ.get("NEMO_TRT_REGRESS_RECORD") == "1":
-        code = main(["regress", "record", "--url", reference_server.grpc_url, "--out", str(GOLDEN), "--force"])
+        labels = sum((["--label", f"{k}={v}"] for k, v in tiny_labels(tiny_checkpoint_dir).items()), [])
+        code = main(["regress", "record", "--url", reference_server.grpc_url, "--out", str(GOLDEN), "--force",
+                     *labels])
         assert code == 0
     assert GOLDEN.is_file(), "record it: NEMO_TRT_REGRESS_RECORD=1 pytest tests/test_regress_server.py"
     return GOLDEN
 
 
-def test_golden_passes_against_the_session_server(reference_server, golden_path, tmp_path, capsys):
+def stale_golden_hint(golden: dict, tiny_checkpoint_dir: Path) -> str:
+    now, then = tiny_labels(tiny_checkpoint_dir), golden.get("labels", {})
+    changed = [k for k in now if now[k] != then.get(k)]
+    if not changed:
+        return "the tiny model is the one the golden was recorded with: this is a serving regression"
+    return (f"the tiny model differs from the recording ({', '.join(f'{k}: {then.get(k)} -> {now[k]}' for k in changed)}); "
+            "if its recipe changed on purpose, or its training is not bit-reproducible on this machine, re-record: "
+            "NEMO_TRT_REGRESS_RECORD=1 pytest tests/test_regress_server.py -k golden")
+
+
+def test_golden_passes_against_the_session_server(reference_server, golden_path, tiny_checkpoint_dir, tmp_path,
+                                                  capsys):
     junit = tmp_path / "regress.xml"
     code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", reference_server.grpc_url,
                          "--concurrency", "2", "--junit", str(junit), "--json", "--timeout", "120"], capsys)
     report = json.loads(out)
-    failed = [c for c in report["cases"] if not c["passed"]]
-    assert code == 0 and report["passed"], json.dumps(failed, indent=1)[:4000]
     golden = json.loads(golden_path.read_text())
+    failed = [{"name": c["name"], "failures": [k for k in c["checks"] if not k["passed"]], "error": c["error"]}
+              for c in report["cases"] if not c["passed"]]
+    assert code == 0 and report["passed"], (stale_golden_hint(golden, tiny_checkpoint_dir) + "\n"
+                                            + json.dumps(failed, indent=1)[:4000])
     assert {c["name"] for c in report["cases"]} == set(golden["cases"])
     modes = {c["name"]: c["mode"] for c in report["cases"]}
     # Greedy and (deterministic backend) seeded cases are compared token for token.
@@ -105,10 +129,12 @@ def perturbed_server(tiny_checkpoint_dir, tiny_converted_dir, tmp_path_factory):
     shutil.copytree(tiny_converted_dir, ckpt)
     shard = sorted(ckpt.glob("rank*.safetensors"))[0]
     tensors = load_file(str(shard))
-    name = next(n for n in sorted(tensors) if n.endswith("mlp.fc.weight") or n.endswith("mlp.proj.weight"))
+    # Noise of 0.3 std on the output projection: outputs stay fluent but change a few tokens in
+    # (measured: first divergence at output token 3 / 17 / 3 for the three cases checked below).
+    name = "lm_head.weight"
     gen = torch.Generator().manual_seed(0)
     t = tensors[name]
-    tensors[name] = (t.float() + torch.randn(t.shape, generator=gen) * t.float().std() * 2.0).to(t.dtype)
+    tensors[name] = (t.float() + torch.randn(t.shape, generator=gen) * t.float().std() * 0.3).to(t.dtype)
     save_file(tensors, str(shard), metadata={"format": "pt"})
     repo = write_repository(root / "repository", tokenizer_dir=tiny_checkpoint_dir, reference_dir=ckpt)
     with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=300) as server:
@@ -118,7 +144,7 @@ def perturbed_server(tiny_checkpoint_dir, tiny_converted_dir, tmp_path_factory):
 def test_perturbed_weights_fail_with_first_divergence(perturbed_server, golden_path, tmp_path, capsys):
     server, tensor = perturbed_server
     junit = tmp_path / "regress.xml"
-    cases = ["reasoning-off-greedy", "reasoning-on-greedy", "multi-turn-think-history"]
+    cases = ["reasoning-off-greedy", "reasoning-on-greedy", "stop-words"]
     code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", server.grpc_url,
                          "--junit", str(junit), "--json", *sum((["--case", c] for c in cases), [])], capsys)
     report = json.loads(out)
@@ -140,3 +166,13 @@ def test_perturbed_weights_fail_with_first_divergence(perturbed_server, golden_p
     assert int(suite.get("failures")) == len(failures) >= 1
     message = failures[0].find("failure").get("message") + failures[0].find("failure").text
     assert f"first divergence at output token" in message and "expected" in message and "got" in message
+
+
+def test_perturbed_weights_human_report(perturbed_server, golden_path, capsys):
+    server, _ = perturbed_server
+    code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", server.grpc_url,
+                         "--case", "reasoning-on-greedy"], capsys)
+    print(out)
+    assert code == 1
+    assert "FAIL" in out and "first divergence at output token" in out and "expected:" in out and "got     :" in out
+    assert "engine differs" in out and "FAILED: 0/1 cases passed" in out

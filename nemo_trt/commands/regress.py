@@ -67,9 +67,11 @@ def _progress(total: int, label: str):
 @_TIMEOUT
 @_TOKENIZER
 @_CASE
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
+              help="Context stored in the golden (repeatable), e.g. git=abc123 profile=h100x2.")
 @click.option("--force", is_flag=True, help="Replace an existing golden file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
-def record_cmd(suite_path, url, out, protocol, concurrency, timeout, tokenizer, cases, force, as_json):
+def record_cmd(suite_path, url, out, protocol, concurrency, timeout, tokenizer, cases, labels, force, as_json):
     """Run a suite against a server and store its outputs as the golden file.
 
     \b
@@ -82,6 +84,7 @@ def record_cmd(suite_path, url, out, protocol, concurrency, timeout, tokenizer, 
     Examples:
       nemo-trt regress record --url 127.0.0.1:8001 --out tests/golden/regress_tiny.json
       nemo-trt regress record --suite my_suite.yaml --protocol http --url 127.0.0.1:8000 --out golden.json
+      nemo-trt regress record --url gpu:8001 --out golden.json --label git=$(git rev-parse --short HEAD)
     """
     from pathlib import Path
 
@@ -91,22 +94,29 @@ def record_cmd(suite_path, url, out, protocol, concurrency, timeout, tokenizer, 
 
     if Path(out).exists() and not force:
         raise NemoTrtError(f"{out} already exists", "pass --force to replace it")
+    bad = [label for label in labels if "=" not in label or not label.split("=", 1)[0]]
+    if bad:
+        raise NemoTrtError(f"--label {bad[0]!r} is not KEY=VALUE", "pass labels like --label git=abc123")
     suite = load_suite(suite_path)
     progress, on_done = _progress(len(suite.select(list(cases) or None)), "recording")
     with progress:
         golden = record(suite, url, protocol, concurrency=concurrency, timeout=timeout, tokenizer=tokenizer,
-                        cases=list(cases) or None, on_done=on_done)
+                        cases=list(cases) or None, labels=dict(lb.split("=", 1) for lb in labels),
+                        on_done=on_done)
     save_golden(golden, out)
     if as_json:
         print_json({"golden": str(out), "suite": suite.name, "cases": len(golden.cases),
                     "server": golden.server.model_dump(exclude={"manifest"})})
         return
+    from rich import box
     from rich.table import Table
 
     table = Table(title=f"golden {out}: suite {suite.name} on {golden.server.url} ({golden.server.short()})",
-                  title_justify="left")
-    for col in ("case", "sampling", "tokens", "finish", "TTFT ms", "ITL ms", "total ms"):
-        table.add_column(col)
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("case", no_wrap=True)
+    table.add_column("sampling")
+    for col in ("tokens", "finish", "TTFT ms", "ITL ms", "total ms"):
+        table.add_column(col, justify="right", no_wrap=True)
     for name, rec in golden.cases.items():
         t = rec.timings
         ms = lambda v: "-" if v is None else f"{v * 1000:.1f}"  # noqa: E731

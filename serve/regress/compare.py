@@ -308,8 +308,9 @@ def compatibility_notes(golden: ServerIdentity, server: ServerIdentity) -> list[
     """A different engine is allowed (that is what a regression check is for) but always stated."""
     notes = []
     if golden.engine_id != server.engine_id:
-        notes.append(f"engine differs from the golden's: golden {golden.engine_id or 'unknown'} "
-                     f"({golden.backend or '?'}), server {server.engine_id or 'unknown'} ({server.backend or '?'})")
+        notes.append(f"engine differs from the golden's: golden {(golden.engine_id or 'unknown')[:16]} "
+                     f"({golden.backend or '?'}), server {(server.engine_id or 'unknown')[:16]} "
+                     f"({server.backend or '?'})")
     elif golden.manifest_sha256 != server.manifest_sha256:
         notes.append("same engine, but the repository manifest differs (settings or templates changed)")
     if golden.backend != server.backend:

@@ -90,6 +90,8 @@ class Golden(BaseModel):
     nemo_trt_version: str = ""
     suite: SuiteRef
     settings: Settings = Field(default_factory=Settings)
+    # Free-form context given at record time (`--label KEY=VALUE`): git commit, GPU profile, model digest.
+    labels: dict[str, str] = Field(default_factory=dict)
     server: ServerIdentity
     cases: dict[str, CaseRecord]
 

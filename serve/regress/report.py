@@ -4,6 +4,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -119,25 +120,22 @@ def write_junit(report: RegressionReport, path) -> None:
 
 def print_report(report: RegressionReport, console: Console) -> None:
     title = f"regress check: suite {report.suite} against {report.server.url} ({report.server.short()})"
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for col, kw in (("case", {}), ("result", {}), ("mode", {}), ("tokens", {"justify": "right"}),
-                    ("finish", {}), ("TTFT", {"justify": "right"}), ("ITL", {"justify": "right"}),
-                    ("total", {"justify": "right"}), ("detail", {"overflow": "fold"})):
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col, kw in (("case", {"no_wrap": True}), ("result", {"no_wrap": True}), ("compared", {"no_wrap": True}),
+                    ("output", {"no_wrap": True}), ("TTFT", {"justify": "right", "no_wrap": True}),
+                    ("ITL", {"justify": "right", "no_wrap": True}), ("total", {"justify": "right", "no_wrap": True})):
         table.add_column(col, **kw)
     for v in report.verdicts:
         obs = v.observed
         result = "[green]pass[/]" if v.passed else ("[red]ERROR[/]" if v.error else "[red]FAIL[/]")
-        detail = v.failure_message().splitlines()[0] if not v.passed else "; ".join(v.notes)
-        table.add_row(
-            v.name, result, v.mode,
-            "-" if obs is None or obs.num_output_tokens is None else str(obs.num_output_tokens),
-            "-" if obs is None else str(obs.finish_reason),
-            *[_ratio(v.latency_ratios.get(m)) for m in LATENCY_METRICS],
-            detail,
-        )
+        output = "-" if obs is None else f"{obs.num_output_tokens if obs.num_output_tokens is not None else '?'} {obs.finish_reason}"
+        table.add_row(v.name, result, v.mode, output, *[_ratio(v.latency_ratios.get(m)) for m in LATENCY_METRICS])
     console.print(table)
     for note in report.compatibility:
         console.print(f"[yellow]note:[/] {note}")
+    for v in report.verdicts:
+        for note in v.notes:
+            console.print(f"[yellow]note:[/] {v.name}: {note}")
     for v in report.verdicts:
         if not v.passed:
             console.print(f"\n[bold red]{v.name}[/] failed:")

@@ -32,7 +32,7 @@ def _tokenizer(explicit: str | Path | None, configs: dict):
 
 def record(suite: Suite, url: str, protocol: str = "grpc", *, concurrency: int = 1, timeout: float = 120.0,
            tokenizer: str | Path | None = None, cases: list[str] | None = None,
-           on_done: Progress = None) -> Golden:
+           labels: dict[str, str] | None = None, on_done: Progress = None) -> Golden:
     """Run the suite and return the golden (the caller writes it). Any failed case aborts the record."""
     server, configs = read_server(url, protocol, suite.model)
     tok = _tokenizer(tokenizer, configs)
@@ -47,6 +47,7 @@ def record(suite: Suite, url: str, protocol: str = "grpc", *, concurrency: int =
         nemo_trt_version=__version__,
         suite=SuiteRef(name=suite.name, sha256=suite.sha256, source=suite.source),
         settings=Settings(protocol=protocol, concurrency=concurrency),
+        labels=dict(labels or {}),
         server=server,
         cases={o.prepared.case.name: o.record for o in outcomes},
     )
