@@ -233,3 +233,11 @@ def test_stop_words_must_end_the_output():
     assert ok.passed
     bad = compare_case(case, s.checks(case), record([1, 2], text="One. Two."), None, SERVER)
     assert [c.name for c in bad.failures] == ["stop_words"] and "continues after" in bad.failure_message()
+
+
+def test_golden_file_keeps_token_lists_on_one_line(tmp_path):
+    path = tmp_path / "g.json"
+    save_golden(golden(record([1, 22, 333])), path)
+    assert '"token_ids": [1, 22, 333]' in path.read_text()
+    assert (path.stat().st_mode & 0o044) == 0o044  # readable by others, like any checked-in file
+    assert load_golden(path).cases["c1"].token_ids == [1, 22, 333]

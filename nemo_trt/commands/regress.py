@@ -172,7 +172,7 @@ def check_cmd(suite_path, golden_path, url, protocol, junit, as_json, concurrenc
     golden = None if properties_only else load_golden(golden_path)
     if golden is not None and golden.suite.name != suite.name:
         raise NemoTrtError(f"golden {golden_path} was recorded for suite {golden.suite.name!r}, not {suite.name!r}",
-                           f"pass --suite {golden.suite.source or golden.suite.name}")
+                           f"pass --suite {(golden.suite.source or golden.suite.name).removeprefix('builtin:')}")
     progress, on_done = _progress(len(suite.select(list(cases) or None)), "checking")
     with progress:
         report = check(suite, url, golden, protocol, concurrency=concurrency, timeout=timeout,

@@ -11,6 +11,8 @@ Format (JSON, `format: nemo-trt-regress-golden/1`)::
 from __future__ import annotations
 
 import json
+import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -96,10 +98,21 @@ class Golden(BaseModel):
     cases: dict[str, CaseRecord]
 
 
+_INT_LIST = re.compile(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]")
+
+
+def golden_text(golden: Golden) -> str:
+    """Indented JSON with each token-id list on one line (reviewable diffs, small files)."""
+    text = json.dumps(golden.model_dump(mode="json"), indent=1, ensure_ascii=False)
+    return _INT_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
 def save_golden(golden: Golden, path: str | Path) -> None:
     """Atomic: a failed or interrupted record never leaves a truncated golden behind."""
-    text = json.dumps(golden.model_dump(mode="json"), indent=1, ensure_ascii=False) + "\n"
-    atomic_write_text(path, text)
+    atomic_write_text(path, golden_text(golden))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a shared artefact, not a private temp file
 
 
 def load_golden(path: str | Path) -> Golden:

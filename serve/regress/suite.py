@@ -212,10 +212,11 @@ def load_suite(path: str | Path) -> Suite:
     from nemo_trt.resources import configs_dir
 
     path = Path(path)
+    label = str(path)
     if not path.exists() and not path.suffix:
         builtin = configs_dir() / "regress" / f"{path}.yaml"
         if builtin.is_file():
-            path = builtin
+            path, label = builtin, f"builtin:{path}"
     if not path.is_file():
         raise NemoTrtError(f"suite file {path} not found",
                            "pass a YAML file, or a built-in suite name such as `default`")
@@ -223,4 +224,6 @@ def load_suite(path: str | Path) -> Suite:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise NemoTrtError(f"{path}: not valid YAML: {exc}", "fix the YAML syntax") from None
-    return parse_suite(raw, str(path))
+    suite = parse_suite(raw, str(path))
+    suite.source = label  # what the user named (portable), not this machine's absolute path
+    return suite
