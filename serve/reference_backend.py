@@ -156,6 +156,14 @@ def parse_request(inputs: dict[str, np.ndarray], request_id: str = "", *, vocab_
         raise BadRequest(f"beam_width={beam_width}: the CPU reference backend only does beam_width 1")
     if decode_word_list(inputs.get("bad_words_list")):
         raise BadRequest("bad_words are not supported by the CPU reference backend")
+    # Honest refusal instead of silently different output from the TensorRT-LLM engine.
+    for name, neutral in (("repetition_penalty", 1.0), ("presence_penalty", 0.0), ("frequency_penalty", 0.0)):
+        value = _scalar(inputs, name, float, neutral)
+        if value != neutral:
+            raise BadRequest(f"{name}={value} is not supported by the CPU reference backend; omit it")
+    min_tokens = _scalar(inputs, "min_tokens", int, 0)
+    if min_tokens > 1:
+        raise BadRequest(f"min_tokens={min_tokens} is not supported by the CPU reference backend; omit it")
     temperature = _scalar(inputs, "temperature", float, 0.0)
     top_k = _scalar(inputs, "runtime_top_k", int, 0)
     top_p = _scalar(inputs, "runtime_top_p", float, 1.0)

@@ -141,6 +141,8 @@ def test_parse_request_reads_trtllm_tensors():
 
 
 def test_parse_request_defaults():
+    neutral = tensors(repetition_penalty=np.array([[1.0]], np.float32), min_tokens=np.array([[1]], np.int32))
+    assert rb.parse_request(neutral).max_new_tokens == 4  # neutral values of unsupported knobs are fine
     parsed = rb.parse_request(tensors(), default_exclude_input=True)
     assert parsed.temperature == 0.0 and parsed.top_p == 1.0 and not parsed.streaming
     assert parsed.exclude_input_in_output is True and parsed.end_id is None
@@ -154,6 +156,9 @@ def test_parse_request_defaults():
     ({"input_ids": np.array([[1, 2, 3], [1, 2, 3]], np.int32)}, "batch size"),
     ({"temperature": np.array([[-1.0]], np.float32)}, "temperature"),
     ({"stop_words_list": np.array([[[3, 4], [5, -1]]], np.int32)}, "offsets"),
+    ({"repetition_penalty": np.array([[1.2]], np.float32)}, "repetition_penalty"),
+    ({"presence_penalty": np.array([[0.5]], np.float32)}, "presence_penalty"),
+    ({"min_tokens": np.array([[5]], np.int32)}, "min_tokens"),
 ])
 def test_parse_request_rejects_bad_input(change, message):
     with pytest.raises(rb.BadRequest, match=message):

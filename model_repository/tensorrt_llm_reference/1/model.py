@@ -16,7 +16,8 @@ from nemo_trt.serve import reference_backend as rb
 INPUT_NAMES = (
     "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list",
     "bad_words_list", "beam_width", "temperature", "runtime_top_k", "runtime_top_p", "seed",
-    "exclude_input_in_output", "stop", "streaming",
+    "exclude_input_in_output", "stop", "streaming", "repetition_penalty", "presence_penalty", "frequency_penalty",
+    "min_tokens",
 )
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
