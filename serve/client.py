@@ -63,6 +63,7 @@ class GenerateRequest(BaseModel):
     end_id: int | None = None
     pad_id: int | None = None
     exclude_input_in_output: bool = True
+    return_num_input_tokens: bool = False  # ask for the prompt length the server tokenized (regress checks it)
     request_id: str | None = None
     model: str = DEFAULT_MODEL_NAME
 
@@ -104,6 +105,8 @@ class GenerateRequest(BaseModel):
             add("stop_words", [w.encode() for w in self.stop_words], object, "BYTES")
         if self.bad_words:
             add("bad_words", [w.encode() for w in self.bad_words], object, "BYTES")
+        if self.return_num_input_tokens:
+            add("return_num_input_tokens", [True], bool, "BOOL")
         return out
 
     def generate_body(self, stream: bool) -> dict[str, Any]:
@@ -125,6 +128,7 @@ class Delta:
     num_output_tokens: int | None = None  # cumulative, when the server reports it
     time: float = 0.0  # seconds since the request was sent
     token_ids: list[int] = field(default_factory=list)
+    num_input_tokens: int | None = None  # prompt length as the server tokenized it, when reported
 
 
 @dataclass
@@ -139,6 +143,7 @@ class Result:
     itl: float | None  # mean inter-token latency between streamed deltas (s)
     total_time: float
     num_responses: int
+    num_input_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -171,6 +176,7 @@ def _text(value: Any) -> str:
 
 def _delta_from(outputs: dict[str, Any], elapsed: float) -> Delta:
     count = _first(outputs.get("num_output_tokens"))
+    prompt_len = _first(outputs.get("num_input_tokens"))
     ids = outputs.get("output_ids")
     token_ids = [int(t) for t in np.asarray(ids).reshape(-1)] if ids is not None else []
     return Delta(
@@ -180,6 +186,7 @@ def _delta_from(outputs: dict[str, Any], elapsed: float) -> Delta:
         num_output_tokens=int(count) if count is not None else None,
         time=elapsed,
         token_ids=token_ids,
+        num_input_tokens=int(prompt_len) if prompt_len is not None else None,
     )
 
 
@@ -368,9 +375,12 @@ def collect(deltas: Iterator[Delta], request: GenerateRequest, start_time: float
     start = time.perf_counter() if start_time is None else start_time
     text, reasoning, answer, ids, times = [], [], [], [], []
     count: int | None = None
+    prompt_len: int | None = None
     n = 0
     for delta in deltas:
         n += 1
+        if prompt_len is None and delta.num_input_tokens is not None:
+            prompt_len = delta.num_input_tokens
         text.append(delta.text)
         reasoning.append(delta.reasoning)
         answer.append(delta.answer)
@@ -395,6 +405,7 @@ def collect(deltas: Iterator[Delta], request: GenerateRequest, start_time: float
         itl=(sum(gaps) / len(gaps)) if gaps else None,
         total_time=total,
         num_responses=n,
+        num_input_tokens=prompt_len,
     )
 
 

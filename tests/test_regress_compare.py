@@ -241,3 +241,21 @@ def test_golden_file_keeps_token_lists_on_one_line(tmp_path):
     assert '"token_ids": [1, 22, 333]' in path.read_text()
     assert (path.stat().st_mode & 0o044) == 0o044  # readable by others, like any checked-in file
     assert load_golden(path).cases["c1"].token_ids == [1, 22, 333]
+
+
+def test_prompt_token_checks():
+    s = suite(checks={"prompt_tokens_match": True})
+    case = s.cases[0]
+    ok = record([1, 2], num_input_tokens=40, expected_input_tokens=40)
+    assert compare_case(case, s.checks(case), ok, None, SERVER).passed
+    # A typed <|eot_id|> that became one control token makes the server's prompt shorter than the template's.
+    injected = record([1, 2], num_input_tokens=34, expected_input_tokens=40)
+    v = compare_case(case, s.checks(case), injected, None, SERVER)
+    assert [c.name for c in v.failures] == ["prompt_tokens_match"] and "control tokens" in v.failure_message()
+    unknown = record([1, 2], num_input_tokens=34)
+    v = compare_case(case, s.checks(case), unknown, None, SERVER)
+    assert v.passed and "no local tokenizer" in v.notes[0]
+    # Against the golden the same request must tokenize to the same length.
+    v = compare_case(case, s.checks(case), record([1, 2], num_input_tokens=41, expected_input_tokens=41),
+                     golden(record([1, 2], num_input_tokens=40)), SERVER)
+    assert [c.name for c in v.failures] == ["golden_prompt_tokens"]

@@ -188,6 +188,18 @@ def check_stop_words(record: CaseRecord, stop_words: list[str]) -> CheckResult:
     return CheckResult("stop_words", True, "output ends at a stop word or the end token")
 
 
+def check_prompt_tokens(record: CaseRecord) -> CheckResult:
+    got, want = record.num_input_tokens, record.expected_input_tokens
+    if got is None:
+        return CheckResult("prompt_tokens_match", False, "the server did not report num_input_tokens")
+    if got != want:
+        return CheckResult("prompt_tokens_match", False,
+                           f"the server's prompt has {got} tokens, the chat template with user text as plain text "
+                           f"gives {want}: typed special tokens became control tokens, BOS doubled, or the "
+                           "template differs")
+    return CheckResult("prompt_tokens_match", True, f"{got} prompt tokens, as rendered locally")
+
+
 # --------------------------------------------------------------------------- golden comparison
 
 
@@ -241,6 +253,11 @@ def compare_case(
     verdict.checks = check_properties(observed, checks)
     if case.stop_words:
         verdict.checks.append(check_stop_words(observed, case.stop_words))
+    if checks.prompt_tokens_match:
+        if observed.expected_input_tokens is None:
+            verdict.notes.append("prompt_tokens_match not checked: no local tokenizer (pass --tokenizer)")
+        else:
+            verdict.checks.append(check_prompt_tokens(observed))
     if golden is None:
         return verdict
     expected = golden.cases.get(case.name)
@@ -280,6 +297,12 @@ def compare_case(
         verdict.divergence = div
         verdict.checks.append(CheckResult("text", div is None,
                                           f"{len(observed.text)} chars identical" if div is None else div.describe()))
+    if (expected.num_input_tokens is not None and observed.num_input_tokens is not None
+            and expected.num_input_tokens != observed.num_input_tokens):
+        verdict.checks.append(CheckResult(
+            "golden_prompt_tokens", False,
+            f"the server tokenized the same request to {observed.num_input_tokens} tokens, golden "
+            f"{expected.num_input_tokens}: the chat template or tokenizer changed"))
     if expected.finish_reason != observed.finish_reason:
         verdict.checks.append(CheckResult("golden_finish_reason", False,
                                           f"expected {expected.finish_reason}, got {observed.finish_reason}"))

@@ -46,6 +46,9 @@ class CaseRecord(BaseModel):
     answer: str = ""
     finish_reason: Literal["stop", "length"] | None = None
     num_output_tokens: int | None = None
+    num_input_tokens: int | None = None  # prompt length as the server tokenized it
+    # What the chat template gives for this request with user text kept as plain text (local tokenizer).
+    expected_input_tokens: int | None = None
     num_responses: int = 0
     timings: Timings = Field(default_factory=Timings)
 

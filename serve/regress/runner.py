@@ -225,8 +225,9 @@ class PreparedCase:
     request: GenerateRequest
     prompt_sha256: str
     prompt_chars: int
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # expected rendered length (local tokenizer), None without one
     error: str | None = None
+    exact_count: bool = False  # prompt_tokens comes from the real chat-template renderer
 
 
 def _digest(request: GenerateRequest) -> str:
@@ -273,6 +274,7 @@ def prepare(suite: Suite, case: Case, server: ServerIdentity, tokenizer: LocalTo
         top_k=s.top_k,
         seed=s.seed,
         stop_words=list(case.stop_words),
+        return_num_input_tokens=True,
         model=suite.model,
     )
     prepared = PreparedCase(case, request, "", 0)
@@ -291,6 +293,12 @@ def prepare(suite: Suite, case: Case, server: ServerIdentity, tokenizer: LocalTo
             return prepared
         request, count = _pad(request, target, tokenizer)
         prepared.request, prepared.prompt_tokens = request, count
+    if tokenizer is not None and prepared.prompt_tokens is None:
+        try:
+            prepared.prompt_tokens = tokenizer.count_prompt(prepared.request)
+        except Exception:  # noqa: BLE001 - a prompt the local renderer rejects: the server will say why
+            prepared.prompt_tokens = None
+    prepared.exact_count = tokenizer is not None and tokenizer.renderer is not None
     prepared.prompt_sha256 = _digest(prepared.request)
     prepared.prompt_chars = len(prepared.request.prompt or "") + sum(
         len(m["content"]) for m in prepared.request.messages or [])
@@ -325,6 +333,8 @@ def run_one(url: str, protocol: str, prepared: PreparedCase, timeout: float) -> 
         sampling=prepared.case.sampling.label(), max_tokens=prepared.request.max_tokens,
         token_ids=result.token_ids, text=result.text, reasoning=result.reasoning, answer=result.answer,
         finish_reason=result.finish_reason, num_output_tokens=result.num_output_tokens,
+        num_input_tokens=result.num_input_tokens,
+        expected_input_tokens=prepared.prompt_tokens if prepared.exact_count else None,
         num_responses=result.num_responses,
         timings=Timings(ttft_s=result.ttft, itl_s=result.itl, total_s=result.total_time),
     )

@@ -82,6 +82,9 @@ class Checks(_Strict):
     not_contains: list[str] = Field(default_factory=list)  # in the full text
     answer_contains: list[str] = Field(default_factory=list)
     answer_not_contains: list[str] = Field(default_factory=list)
+    # The server's prompt length equals the template rendered with user text as plain text: catches
+    # typed `<|eot_id|>` becoming a control token, a doubled BOS, a changed template (needs a tokenizer).
+    prompt_tokens_match: bool = False
 
     def merged_over(self, base: Checks | None) -> Checks:
         """Case checks override suite defaults field by field (only fields the case sets)."""
