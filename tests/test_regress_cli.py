@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from nemo_trt.cli import main
 from nemo_trt.serve.client import Delta
 from nemo_trt.serve.regress import runner

@@ -330,7 +330,12 @@ def summarize_latency(verdicts: list[CaseVerdict], tolerance_pct: float | None, 
 def compatibility_notes(golden: ServerIdentity, server: ServerIdentity) -> list[str]:
     """A different engine is allowed (that is what a regression check is for) but always stated."""
     notes = []
-    if golden.engine_id != server.engine_id:
+    weak = any((x.engine_id or "").startswith("config:") for x in (golden, server))
+    if golden.engine_id != server.engine_id and weak:
+        notes.append(f"engine configuration differs from the golden's ({(golden.engine_id or '?')[:20]} vs "
+                     f"{(server.engine_id or '?')[:20]}): the repository exposes no manifest through Triton, so only "
+                     "its paths/settings are compared — it may be the same engine in another place")
+    elif golden.engine_id != server.engine_id:
         notes.append(f"engine differs from the golden's: golden {(golden.engine_id or 'unknown')[:16]} "
                      f"({golden.backend or '?'}), server {(server.engine_id or 'unknown')[:16]} "
                      f"({server.backend or '?'})")

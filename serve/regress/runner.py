@@ -90,8 +90,9 @@ def identity_from_configs(url: str, protocol: str, model: str, triton_version: s
     if engine is None and isinstance(_dig(manifest, "engine"), dict):
         engine = _sha(manifest["engine"])
     if engine is None and llm_name:
-        # Without a manifest, the LLM model's own configuration (engine/checkpoint paths) identifies it.
-        engine = _sha(llm_params)
+        # Without a manifest, the LLM model's own configuration (engine/checkpoint paths, settings) is
+        # the best the server tells: "config:" marks this weaker identity (a copy elsewhere differs).
+        engine = "config:" + _sha(llm_params)[:32]
     max_input = _dig(manifest, "max_input_len", "limits.max_input_len", "engine.max_input_len")
     if max_input is None:
         for p in params.values():
