@@ -16,7 +16,7 @@ Public API (stable; used by `nemo-trt convert`, `nemo-trt verify` and the build 
                             bytes_written, seconds, calibration)   # .to_dict() for JSON
     Same inputs again -> up_to_date=True and nothing is touched. Errors: NemoTrtError (nothing written).
 
-    report = verify_checkpoint(checkpoint, converted, *, logits=True)
+    report = verify_checkpoint(checkpoint, converted, *, logits=True, prompts=4)
         -> VerifyReport(ok, problems[list[str]], tensors_checked, worst[list[TensorError]], logits{...})
            .to_dict(); checks manifest hashes, config vs spec, every tensor (exact for BF16,
            bounded relative error for FP8) and, with logits=True, reference-model logits from both sides.
@@ -31,10 +31,11 @@ from nemo_trt.build.convert.api import ConversionResult, convert_checkpoint
 from nemo_trt.build.convert.reader import read_converted_as_hf
 
 
-def verify_checkpoint(checkpoint, converted, *, logits: bool = True):
+def verify_checkpoint(checkpoint, converted, *, logits: bool = True, prompts: int = 4):
+    """See nemo_trt.build.verify.verify_checkpoint (prompts: how many built-in prompts the logit check uses)."""
     from nemo_trt.build.verify import verify_checkpoint as _verify
 
-    return _verify(checkpoint, converted, logits=logits)
+    return _verify(checkpoint, converted, logits=logits, prompts=prompts)
 
 
 __all__ = ["ConversionResult", "convert_checkpoint", "read_converted_as_hf", "verify_checkpoint"]
