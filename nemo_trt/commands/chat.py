@@ -46,7 +46,7 @@ def command(prompt, reasoning, system, raw, url, protocol, no_stream, max_tokens
       nemo-trt chat "Hello" --reasoning off --protocol http --url 127.0.0.1:8000
       nemo-trt chat "Hello" --no-stream --json
     """
-    from nemo_trt.serve.client import GenerateRequest, collect, generate, stream_generate
+    from nemo_trt.serve.client import GenerateRequest, generate
 
     if raw:
         inputs = {"prompt": prompt if not system else f"{system}\n\n{prompt}"}
@@ -64,28 +64,37 @@ def command(prompt, reasoning, system, raw, url, protocol, no_stream, max_tokens
     if no_stream:
         result = generate(url, request, protocol=protocol, stream=False, timeout=timeout)
         _show(result.reasoning, result.answer, result.text)
+        _stats(result)
     else:
-        printed = {"any": False, "in_reasoning": False}
+        stream_to_console(url, request, protocol=protocol, timeout=timeout)
 
-        def live(deltas):
-            for delta in deltas:
-                if delta.reasoning:
-                    console.print(delta.reasoning, style="dim", end="", markup=False, highlight=False)
-                    printed.update(any=True, in_reasoning=True)
-                if delta.answer:
-                    if printed["in_reasoning"]:
-                        console.print()
-                        printed["in_reasoning"] = False
-                    console.print(delta.answer, end="", markup=False, highlight=False)
-                    printed["any"] = True
-                yield delta
 
-        with contextlib.closing(stream_generate(url, request, protocol=protocol, timeout=timeout)) as deltas:
-            result = collect(live(deltas), request)
-        if not printed["any"] and result.text:
-            console.print(result.text, end="", markup=False, highlight=False)
-        console.print()
+def stream_to_console(url, request, *, protocol: str = "grpc", timeout: float = 300.0):
+    """Stream one request, printing reasoning dimmed and the answer plainly as they arrive; returns the Result."""
+    from nemo_trt.serve.client import collect, stream_generate
+
+    printed = {"any": False, "in_reasoning": False}
+
+    def live(deltas):
+        for delta in deltas:
+            if delta.reasoning:
+                console.print(delta.reasoning, style="dim", end="", markup=False, highlight=False)
+                printed.update(any=True, in_reasoning=True)
+            if delta.answer:
+                if printed["in_reasoning"]:
+                    console.print()
+                    printed["in_reasoning"] = False
+                console.print(delta.answer, end="", markup=False, highlight=False)
+                printed["any"] = True
+            yield delta
+
+    with contextlib.closing(stream_generate(url, request, protocol=protocol, timeout=timeout)) as deltas:
+        result = collect(live(deltas), request)
+    if not printed["any"] and result.text:
+        console.print(result.text, end="", markup=False, highlight=False)
+    console.print()
     _stats(result)
+    return result
 
 
 def _show(reasoning: str, answer: str, text: str) -> None:
