@@ -81,3 +81,24 @@ def test_reader_accepts_modelopt_block_configs(converted, convert_source):
     assert kinds(spec_from_trtllm_config(modelopt_style)) == kinds(spec_from_trtllm_config(cfg))
     spec, tensors = read_converted_as_hf(out)
     assert kinds(spec) == kinds(HFCheckpoint(convert_source).spec)
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(tmp_path, convert_source, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: covered by test_cuda_calibration_matches_cpu")
+    out = tmp_path / "out"
+    assert main(["convert", "--checkpoint", str(convert_source), "--output", str(out), "--tp", "1",
+                 "--precision", "fp8", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.gpu
+def test_cuda_calibration_matches_cpu(convert_source):
+    from nemo_trt.build.convert.calibrate import calibrate
+
+    prompts = list(DEFAULT_PROMPTS[:4])
+    cpu = calibrate(convert_source, prompts, device="cpu")
+    gpu = calibrate(convert_source, prompts, device="cuda")  # bfloat16 on the GPU
+    assert cpu.act_amax.keys() == gpu.act_amax.keys() and cpu.kv_amax.keys() == gpu.kv_amax.keys()
+    for name, value in cpu.act_amax.items():
+        assert gpu.act_amax[name] == pytest.approx(value, rel=0.05), name
