@@ -12,9 +12,12 @@ Nemotron response protocol, so serving tests can check real behaviour:
 - system `detailed thinking on`  -> `<think>\\n…\\n</think>\\n\\n<answer><|eot_id|>`
 - system `detailed thinking off` -> `<answer><|eot_id|>`
 
-Training touches only the vocabulary the data uses (plus one shared row for
-all other tokens, trained with the exact full-vocabulary softmax), which keeps
-it well under two minutes on two CPU cores.
+Training touches only the vocabulary the data uses plus one shared row that
+stands for every other token (as input: prompts with unknown words are answered
+"Sorry, I do not know that." in the same protocol; as output: trained with the
+exact full-vocabulary softmax). That keeps it well under two minutes on two CPU
+cores. In the written checkpoint every token outside the training vocabulary has
+that shared embedding and lm_head row.
 
 `tiny_checkpoint(seed)` returns the trained checkpoint from a cache keyed by
 everything that determines it; concurrent callers wait on a file lock.
@@ -53,7 +56,7 @@ from nemo_trt.errors import NemoTrtError
 
 TINY_NAME = "nemo-trt-tiny-decilm"
 # Bump when the data, the model init or the training loop changes (invalidates caches).
-RECIPE_VERSION = 1
+RECIPE_VERSION = 3
 MAX_SHARD_BYTES = 4 * 1024 * 1024
 HIDDEN = 256
 HEADS = 8  # head_dim 32: the smallest size TensorRT-LLM's attention kernels cover
@@ -147,9 +150,10 @@ _CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japa
 _COLOURS = [("grass", "green"), ("the sky", "blue"), ("snow", "white"), ("a banana", "yellow"), ("coal", "black"),
             ("a tomato", "red"), ("an orange", "orange"), ("chocolate", "brown")]
 # a + b pairs used in training; HELD_OUT pairs are never trained on (generalisation checks)
-_SUMS = [(1, 2), (2, 5), (3, 3), (4, 1), (5, 2), (6, 3), (7, 1), (8, 4), (9, 2), (2, 8), (3, 6), (5, 5),
-         (6, 7), (7, 7), (8, 1), (9, 9), (1, 6), (4, 4), (2, 3), (3, 9)]
+_SUMS = [(1, 2), (2, 5), (3, 3), (4, 1), (5, 2), (6, 3), (7, 1), (8, 4), (9, 2), (3, 6)]
 HELD_OUT_QUESTIONS = ("What is 4 plus 7?", "What is 6 plus 2?")
+# questions with words outside the training vocabulary: answered with FALLBACK
+UNKNOWN_QUESTIONS = ("Hello!", "What colour is a lemon?", "Write a poem about the sea.")
 
 
 def _sum_example(a: int, b: int) -> Example:
@@ -181,6 +185,32 @@ def _chat_template() -> str:
     return load_serving_facts().chat_template
 
 
+UNKNOWN = -1  # stands for "any token the fixture was not trained on" in training sequences
+FALLBACK = Example("", "The question has words I do not know.", "Sorry, I do not know that.")
+
+
+def _user_turn_ids(user_ids: list[int], thinking: bool, template: str) -> list[int]:
+    """A prompt whose user turn is the given token ids (so unknown tokens can be placed in it)."""
+    empty = prompt_ids("", thinking, template)
+    cut = max(i for i, t in enumerate(empty) if t == EOT_ID)  # the <|eot_id|> closing the user turn
+    return empty[:cut] + user_ids + empty[cut:]
+
+
+def _unknown_prompts(template: str) -> list[list[int]]:
+    """User turns with unknown tokens, all answered with FALLBACK: teaches the model a sensible
+    answer (in the right protocol) for anything outside its tiny world."""
+    tok = load_tokenizer()
+    enc = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
+    rng = random.Random(1234)  # fixed: the data never depends on the seed
+    known_words = sorted({t for ex in training_examples() for t in enc(ex.question)})
+    users = [enc("What is the capital of") + [UNKNOWN] * n + enc("?") for n in (1, 2)]
+    users += [enc("What colour is") + [UNKNOWN] * n + enc("?") for n in (1, 2)]
+    users += [enc("What is") + [UNKNOWN] + enc(" plus") + [UNKNOWN] + enc("?")]
+    for _ in range(5):
+        users.append([UNKNOWN if rng.random() < 0.6 else rng.choice(known_words) for _ in range(rng.randint(1, 8))])
+    return users
+
+
 def _sequences() -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids incl. <|eot_id|>) for every example in both reasoning modes.
 
@@ -194,6 +224,10 @@ def _sequences() -> list[tuple[list[int], list[int]]]:
         for thinking in (True, False):
             response = tok.encode(ex.response(thinking), add_special_tokens=False).ids + [EOT_ID]
             seqs.append((prompt_ids(ex.question, thinking, template), response))
+    for user in _unknown_prompts(template):
+        for thinking in (True, False):
+            response = tok.encode(FALLBACK.response(thinking), add_special_tokens=False).ids + [EOT_ID]
+            seqs.append((_user_turn_ids(user, thinking, template), response))
     return seqs
 
 
@@ -202,7 +236,7 @@ def _sequences() -> list[tuple[list[int], list[int]]]:
 class TrainingRecipe:
     steps: int = 240
     batch_size: int = 12
-    lr: float = 4e-3
+    lr: float = 3e-3
     warmup: int = 10
     weight_decay: float = 0.0
     init_std: float = 0.02
@@ -241,17 +275,19 @@ def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, trai
     """Full-vocabulary HF tensors (float32) of the tiny model after training, and training stats.
 
     The network is trained on the used vocabulary only: a model with
-    V_used + 1 rows, the last row standing for every unused token (its logit
+    V_used + 1 rows, the last row standing for every unused token. As an input
+    it is the "unknown word" of the fallback examples; as an output its logit
     gets + log(#unused), which makes the loss exactly the full-vocabulary
-    cross-entropy with those rows tied). Unused lm_head rows are then that
-    trained row, so greedy decoding never prefers them where training did not.
+    cross-entropy with those rows tied. Unused embedding and lm_head rows are
+    then that trained row, so greedy decoding never picks them.
     """
     from nemo_trt.reference.model import ReferenceModel
 
     spec = tiny_spec()
     seqs = _sequences()
-    used = sorted({t for p, r in seqs for t in p + r})
+    used = sorted({t for p, r in seqs for t in p + r} - {UNKNOWN})
     index = {t: i for i, t in enumerate(used)}
+    index[UNKNOWN] = len(used)  # the shared row of every other token
     n_other = spec.vocab_size - len(used)
     small = dataclasses.replace(spec, vocab_size=len(used) + 1)
     stats = {"seed": seed, "examples": len(seqs), "used_vocab": len(used), "steps": 0, "seconds": 0.0,
@@ -296,11 +332,7 @@ def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, trai
         tensors: dict[str, torch.Tensor] = {}
         used_idx = torch.tensor(used, dtype=torch.long)
         for name, shape in spec.hf_tensor_shapes().items():
-            if name == "model.embed_tokens.weight":
-                # Unused embedding rows keep their random init (inputs the model never saw).
-                full = torch.randn(shape, generator=gen) * recipe.init_std
-                full[used_idx] = small_state[name][:-1]
-            elif name == "lm_head.weight":
+            if name in ("model.embed_tokens.weight", "lm_head.weight"):
                 full = small_state[name][-1].expand(shape).clone()
                 full[used_idx] = small_state[name][:-1]
             else:
@@ -328,7 +360,7 @@ def check_protocol(generate: Callable[[list[int]], list[int]], questions: list[s
     """Problems with the reasoning protocol in greedy outputs (empty list = all good)."""
     tok = load_tokenizer()
     problems = []
-    for question in questions or [training_examples()[0].question, HELD_OUT_QUESTIONS[0]]:
+    for question in questions or [training_examples()[0].question, HELD_OUT_QUESTIONS[0], UNKNOWN_QUESTIONS[0]]:
         for thinking in (True, False):
             out = generate(prompt_ids(question, thinking))
             text = tok.decode(out, skip_special_tokens=False)
@@ -376,7 +408,9 @@ def cache_key(seed: int, recipe: TrainingRecipe = TrainingRecipe()) -> str:
     from nemo_trt import __version__
 
     tok_sha = hashlib.sha256(llama3_tokenizer_json_path().read_bytes()).hexdigest()
+    data_sha = hashlib.sha256(json.dumps(_sequences()).encode()).hexdigest()
     ident = {"seed": seed, "config": tiny_config(), "recipe": recipe.to_dict(), "recipe_version": RECIPE_VERSION,
+             "data": data_sha,
              "nemo_trt": __version__, "tokenizer": tok_sha, "chat_template": _chat_template(),
              "torch": torch.__version__.split("+")[0]}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]

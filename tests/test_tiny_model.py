@@ -139,7 +139,8 @@ def _generate(model, question: str, thinking: bool) -> tuple[list[int], str]:
 
 QUESTIONS = [tiny.training_examples()[0].question,  # a capital
              tiny.training_examples()[13].question,  # a colour
-             *tiny.HELD_OUT_QUESTIONS]               # sums never trained on
+             *tiny.HELD_OUT_QUESTIONS,               # sums never trained on
+             *tiny.UNKNOWN_QUESTIONS]                # words outside the training vocabulary
 
 
 @pytest.mark.parametrize("question", QUESTIONS)
@@ -161,6 +162,13 @@ def test_trained_model_answers_training_prompts(tiny_model):
     assert hits >= len(examples[::4]) // 2
 
 
+@pytest.mark.parametrize("question", tiny.UNKNOWN_QUESTIONS)
+def test_unknown_words_get_the_fallback_answer(tiny_model, question):
+    fallback = tiny.FALLBACK.answer + "<|eot_id|>"
+    assert _generate(tiny_model, question, False)[1] == fallback
+    assert _generate(tiny_model, question, True)[1] == tiny.FALLBACK.response(True) + "<|eot_id|>"
+
+
 def test_training_is_deterministic_per_seed():
     recipe = tiny.TrainingRecipe(steps=3, batch_size=4)
     a, stats_a = tiny.train_tiny(0, recipe)
@@ -169,10 +177,12 @@ def test_training_is_deterministic_per_seed():
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], c["model.layers.0.self_attn.q_proj.weight"])
     assert stats_a["steps"] == 3 and stats_a["final_loss"] > 0
-    # unused vocabulary: embeddings keep their init, lm_head rows share the trained "other" row
+    # every token outside the training vocabulary shares one trained embedding and lm_head row
     used = set(t for p, r in tiny._sequences() for t in p + r)
-    unused = next(i for i in range(1000, 2000) if i not in used)
-    assert torch.equal(a["lm_head.weight"][unused], a["lm_head.weight"][unused + 1])
+    first, second = [i for i in range(1000, 2000) if i not in used][:2]
+    for name in ("lm_head.weight", "model.embed_tokens.weight"):
+        assert torch.equal(a[name][first], a[name][second])
+        assert not torch.equal(a[name][first], a[name][128009])
 
 
 def test_cached_checkpoint_matches_its_key(tiny_checkpoint_dir):

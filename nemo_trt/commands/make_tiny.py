@@ -22,7 +22,8 @@ def command(out: Path, seed: int, no_train: bool, force: bool, as_json: bool):
     safetensors. A seeded training run (about a minute on two CPU cores)
     teaches it the response protocol: with `detailed thinking on` it answers
     `<think>\\n...\\n</think>\\n\\n...` and with `off` directly, ending the turn
-    with <|eot_id|>. The trained result is cached ($NEMO_TRT_CACHE or
+    with <|eot_id|>; questions with words it never saw get "Sorry, I do not
+    know that." in the same protocol. The trained result is cached ($NEMO_TRT_CACHE or
     ~/.cache/nemo-trt) and copied to OUT, so later calls take seconds.
 
     \b
