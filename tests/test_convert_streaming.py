@@ -82,9 +82,13 @@ def test_interrupted_run_leaves_no_valid_output(tmp_path, convert_source, sig):
     if sig == signal.SIGINT:
         assert leftovers == []  # Ctrl-C cleans up its temporary directory
     else:  # kill -9 cannot clean up: a hidden *.partial sibling without a manifest remains
-        assert all(p.name.endswith(".partial") and not (p / "manifest.json").exists() for p in leftovers)
+        assert leftovers and all(p.name.endswith(".partial") and not (p / "manifest.json").exists()
+                                 for p in leftovers)
     result = convert_checkpoint(convert_source, out, tp=2, progress=False)
     assert not result.up_to_date and verify_checkpoint(convert_source, out, logits=False).ok
+    # the next run removed the dead run's temporary directory; the output has no owner marker
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+    assert not (out / ".nemo-trt-owner").exists()
 
 
 def test_verify_reports_tampering(tmp_path, convert_source, capsys):

@@ -1,6 +1,8 @@
 """`convert_checkpoint`: validate, plan, (calibrate), stream rank files, manifest, atomic rename."""
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +90,9 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
         q = QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
 
     total = total_bytes(spec, tp, pp, q)
+    remove_stale_partials(output)
     with atomic_dir(output, replace=force) as tmp:
+        (tmp / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         files = {"config.json": write_config(tmp, make_config(spec, tp, pp, precision=precision,
                                                               kv_cache_dtype=kv_cache_dtype, dtype=dtype))}
         jobs = plan_jobs(tp, pp, workers, str(src.directory), str(tmp), q)
@@ -96,8 +100,40 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
         extra = {"calibration_result": {"settings": calibration.settings, "tokens": calibration.settings.get("tokens")}
                  } if calibration else None
         mf.write_manifest(tmp, inputs, files, extra)
+        (tmp / OWNER_FILE).unlink()
     return ConversionResult(output, tp, pp, precision, kv_cache_dtype, False, files, total,
                             time.perf_counter() - t0, calibration.settings if calibration else plan["calibration"])
+
+
+OWNER_FILE = ".nemo-trt-owner"
+
+
+def remove_stale_partials(output: Path) -> list[Path]:
+    """Delete temporary siblings left by a killed conversion (kill -9 cannot clean up after itself).
+
+    Only directories this converter made (they hold OWNER_FILE) whose process is gone on this host
+    are removed; a conversion still running elsewhere keeps its directory.
+    """
+    import shutil
+
+    removed = []
+    for tmp in output.absolute().parent.glob(f".{output.name}.*.partial"):
+        try:
+            host, pid = (tmp / OWNER_FILE).read_text().split()
+        except (OSError, ValueError):
+            continue
+        if host != socket.gethostname():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, ValueError):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp)
+    return removed
 
 
 def _with_progress(jobs, workers: int, total: int, show: bool, label: str) -> dict[str, str]:
