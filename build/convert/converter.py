@@ -140,6 +140,8 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
                     writers[r].write(name, t)
                     if report:
                         report(t.numel() * t.element_size())
+                # pieces are views of the source tensor: drop every reference before the next read
+                tensors = t = None  # noqa: F841
             for w in writers.values():  # one rule in flight: memory stays one source tensor + its pieces
                 w.flush()
         return {w.path.name: w.close() for w in writers.values()}

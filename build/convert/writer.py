@@ -116,6 +116,7 @@ class StreamingSafetensorsWriter:
             except BaseException as exc:  # noqa: BLE001 - handed to the caller in flush()
                 self._error = exc
             finally:
+                item = None  # release the tensor before blocking on the next one
                 self._queue.task_done()  # type: ignore[union-attr]
 
     def flush(self) -> None:
