@@ -35,7 +35,10 @@ def command(checkpoint, output, gpu, tp, pp, precision, kv_cache_dtype, workers,
 
     FP8 from a BF16 checkpoint calibrates activation (and KV) scales with the
     reference model on --calib-prompts; a ModelOpt FP8 checkpoint (hf_quant_config.json)
-    is converted directly. Embedding and lm_head stay BF16.
+    is converted directly. Embedding and lm_head stay BF16. --calibrator modelopt
+    measures the same ranges with NVIDIA ModelOpt's FP8_DEFAULT_CFG (+ FP8_KV_CFG)
+    quantizers instead of nemo-trt's hooks (K after RoPE measured, not bounded);
+    weight scales are identical either way. It needs `pip install nvidia-modelopt`.
 
     \b
     Examples:
