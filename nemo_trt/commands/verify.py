@@ -36,8 +36,12 @@ def command(checkpoint, converted, no_logits, as_json):
                       f"{report.tensors_checked} tensors, {report.files_hashed} files hashed")
         for w in report.worst:
             console.print(f"  fp8 {w.name}: relative error {w.rel_error:.4f}, max abs {w.max_abs_error:.3g}")
-        if report.logits:
-            console.print(f"  logits: {report.logits}")
+        lg = report.logits or {}
+        if "skipped" in lg:
+            console.print(f"  logits: skipped ({lg['skipped']})")
+        elif lg:
+            console.print(f"  logits over {lg['tokens']} tokens: max abs diff {lg['max_abs_diff']:.3g}, "
+                          f"top-1 agreement {lg['top1_agreement']:.3f}, min cosine {lg['min_cosine']:.4f}")
         for problem in report.problems:
             console.print(f"  [red]✗[/] {problem}")
     if not report.ok:
