@@ -1,5 +1,7 @@
 """Write a self-contained Triton model repository: ensemble, preprocessing, generate
-(drives tensorrt_llm, detokenizes, splits reasoning), and `tensorrt_llm` served by the TensorRT-LLM C++ backend (engines) or the CPU reference
+(drives tensorrt_llm, detokenizes, splits reasoning), the stock-contract stateless
+postprocessing (for clients and BLS pipelines that call it directly), and `tensorrt_llm`
+served by the TensorRT-LLM C++ backend (engines) or the CPU reference
 backend (a converted checkpoint, Python model with the same tensor contract).
 
 Every `${placeholder}` of the templates in model_repository/ is filled; optional
@@ -7,7 +9,8 @@ TensorRT-LLM parameters without a value are removed (the backend default applies
 instead of being left unfilled, which is the most common way stock repositories break
 (triton-trtllm-repository.md §12 #1). Each written config.pbtxt is parsed with
 Triton's own ModelConfig protobuf and the ensemble wiring (model, tensor names and
-types of every step) is checked against the composing models before the repository
+types of every step, and what stock pipelines feed `postprocessing` from `tensorrt_llm`)
+is checked against the composing models before the repository
 is renamed into place. Tokenizer files are copied into the repository and referenced
 by relative paths, so the repository can be moved or mounted elsewhere.
 """
@@ -131,8 +134,9 @@ def parse_model_config(text: str, where: str):
 
 def check_ensemble(configs: dict[str, Any]) -> None:
     """Every step's model exists, its mapped tensors exist with matching types, every
-    internal tensor is produced by an earlier step, and what `generate` forwards to
-    `tensorrt_llm` exists there with the same type."""
+    internal tensor is produced by an earlier step, what `generate` forwards to
+    `tensorrt_llm` exists there with the same type, and `tensorrt_llm`'s output_ids /
+    sequence_length fit `postprocessing`'s TOKENS_BATCH / SEQUENCE_LENGTH (stock wiring)."""
     ensemble = configs["ensemble"]
     types: dict[str, int] = {t.name: t.data_type for t in ensemble.input}
     problems = []
@@ -171,6 +175,15 @@ def check_ensemble(configs: dict[str, Any]) -> None:
     for name, tensor in llm.items():
         if not tensor.optional and name not in {t.name for t in configs["generate"].input}:
             problems.append(f"tensorrt_llm requires input {name!r}, which generate does not forward")
+    # Stock ensembles and BLS models feed tensorrt_llm's outputs to postprocessing.
+    llm_out = {t.name: t for t in configs["tensorrt_llm"].output}
+    post_in = {t.name: t for t in configs["postprocessing"].input}
+    for source, target in (("output_ids", "TOKENS_BATCH"), ("sequence_length", "SEQUENCE_LENGTH")):
+        if source not in llm_out or target not in post_in:
+            problems.append(f"tensorrt_llm.{source} -> postprocessing.{target}: one of them is missing")
+        elif llm_out[source].data_type != post_in[target].data_type or \
+                list(llm_out[source].dims) != list(post_in[target].dims):
+            problems.append(f"tensorrt_llm.{source} does not fit postprocessing.{target} (type or dims)")
     if problems:
         raise NemoTrtError("the ensemble wiring is inconsistent: " + "; ".join(problems),
                            "this is a nemo-trt bug: the templates disagree")
@@ -365,10 +378,12 @@ def write_repository(
         "max_queue_size": 0,
         "tokenizer_dir": TOKENIZER_SUBDIR,
         "generate_tokenizer_dir": f"../preprocessing/{TOKENIZER_SUBDIR}",
+        "postprocessing_tokenizer_dir": f"../preprocessing/{TOKENIZER_SUBDIR}",
         "serving_model": facts.name,
         "default_reasoning": reasoning,
         "preprocessing_instance_count": instances,
         "generate_instance_count": instances,
+        "postprocessing_instance_count": instances,
         "tensorrt_llm_model_name": "tensorrt_llm",
     }
 
@@ -481,7 +496,8 @@ def write_repository(
     with atomic_dir(output, replace=force) as tmp:
         configs = {}
         for name, template in (("ensemble", templates / "ensemble"), ("preprocessing", templates / "preprocessing"),
-                               ("tensorrt_llm", llm_template), ("generate", templates / "generate")):
+                               ("tensorrt_llm", llm_template), ("generate", templates / "generate"),
+                               ("postprocessing", templates / "postprocessing")):
             if not (template / "config.pbtxt").is_file():
                 raise NemoTrtError(f"template {template} is missing", "reinstall nemo-trt")
             _copy_model(template, tmp / name)

