@@ -3,8 +3,8 @@
 - the committed golden `tests/golden/regress_tiny.json` passes against the session server
   (gRPC, concurrency 2), with JUnit XML parsed and validated;
 - `--properties-only` works without a golden (over HTTP);
-- a repository whose converted checkpoint has one tensor perturbed FAILS with a first-divergence
-  diff (one extra server for this module).
+- a repository whose converted checkpoint has one tensor changed (two lm_head rows swapped) FAILS
+  with a first-divergence diff at the predicted position (one extra server for this module).
 
 Re-record the golden (after an intended change of the tiny model or the serving pipeline) with
 `NEMO_TRT_REGRESS_RECORD=1 pytest tests/test_regress_server.py -k golden`.
@@ -115,44 +115,53 @@ def test_properties_only_over_http_without_golden(reference_server, tmp_path, ca
     assert len(tcs) == 3
 
 
+SWAP_CASE = "reasoning-on-greedy"
+
+
 @pytest.fixture(scope="module")
-def perturbed_server(tiny_checkpoint_dir, tiny_converted_dir, tmp_path_factory):
-    """The same tiny model with one tensor of the converted checkpoint perturbed, behind its own server."""
-    import torch
+def perturbed_server(tiny_checkpoint_dir, tiny_converted_dir, golden_path, tmp_path_factory):
+    """The tiny model with one tensor changed (two lm_head rows swapped), behind its own server.
+
+    Swapping the rows of a token A that the golden emits with another token B makes greedy decoding
+    emit B exactly where it emitted A first: a weight change whose effect the test can predict.
+    """
     from safetensors.torch import load_file, save_file
 
     from nemo_trt.serve.launcher import TritonServer
     from nemo_trt.serve.repo_writer import write_repository
 
+    golden_ids = json.loads(golden_path.read_text())["cases"][SWAP_CASE]["token_ids"]
+    a = golden_ids[min(10, len(golden_ids) - 1)]
+    b = a + 1 if a + 1 not in golden_ids else a + 2
     root = tmp_path_factory.mktemp("perturbed")
     ckpt = root / "converted"
     shutil.copytree(tiny_converted_dir, ckpt)
     shard = sorted(ckpt.glob("rank*.safetensors"))[0]
     tensors = load_file(str(shard))
-    # Noise of 0.3 std on the output projection: outputs stay fluent but change a few tokens in
-    # (measured: first divergence at output token 3 / 17 / 3 for the three cases checked below).
-    name = "lm_head.weight"
-    gen = torch.Generator().manual_seed(0)
-    t = tensors[name]
-    tensors[name] = (t.float() + torch.randn(t.shape, generator=gen) * t.float().std() * 0.3).to(t.dtype)
+    head = tensors["lm_head.weight"].clone()
+    head[[a, b]] = head[[b, a]]
+    tensors["lm_head.weight"] = head
     save_file(tensors, str(shard), metadata={"format": "pt"})
     repo = write_repository(root / "repository", tokenizer_dir=tiny_checkpoint_dir, reference_dir=ckpt)
     with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=300) as server:
-        yield server, name
+        yield server, (a, b, golden_ids.index(a))
 
 
 def test_perturbed_weights_fail_with_first_divergence(perturbed_server, golden_path, tmp_path, capsys):
-    server, tensor = perturbed_server
+    server, (a, b, first) = perturbed_server
     junit = tmp_path / "regress.xml"
-    cases = ["reasoning-off-greedy", "reasoning-on-greedy", "stop-words"]
+    cases = ["reasoning-off-greedy", SWAP_CASE, "stop-words"]
     code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", server.grpc_url,
                          "--junit", str(junit), "--json", *sum((["--case", c] for c in cases), [])], capsys)
     report = json.loads(out)
-    assert code == 1 and not report["passed"], f"perturbing {tensor} went unnoticed"
+    assert code == 1 and not report["passed"], "swapping two lm_head rows went unnoticed"
     assert any("differs from the golden" in n for n in report["compatibility"])
     diverged = [c for c in report["cases"] if c["divergence"]]
-    assert diverged, out[:3000]
+    assert SWAP_CASE in [c["name"] for c in diverged], out[:3000]
+    diverged = [c for c in diverged if c["name"] == SWAP_CASE]
     div = diverged[0]["divergence"]
+    # Exactly where the golden first emitted token A, the perturbed model emits B.
+    assert div["position"] == first and div["expected"][0] == a and div["got"][0] == b
     golden = json.loads(golden_path.read_text())["cases"][diverged[0]["name"]]
     pos = div["position"]
     # The diff points at the first differing token, with decoded context on both sides.
@@ -169,10 +178,10 @@ def test_perturbed_weights_fail_with_first_divergence(perturbed_server, golden_p
 
 
 def test_perturbed_weights_human_report(perturbed_server, golden_path, capsys):
-    server, _ = perturbed_server
+    server, (_, _, first) = perturbed_server
     code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", server.grpc_url,
-                         "--case", "reasoning-on-greedy"], capsys)
+                         "--case", SWAP_CASE], capsys)
     print(out)
     assert code == 1
-    assert "FAIL" in out and "first divergence at output token" in out and "expected:" in out and "got     :" in out
+    assert "FAIL" in out and f"first divergence at output token {first} " in out and "expected:" in out and "got     :" in out
     assert "differs from the golden" in out and "FAILED: 0/1 cases passed" in out
