@@ -259,3 +259,20 @@ def test_prompt_token_checks():
     v = compare_case(case, s.checks(case), record([1, 2], num_input_tokens=41, expected_input_tokens=41),
                      golden(record([1, 2], num_input_tokens=40)), SERVER)
     assert [c.name for c in v.failures] == ["golden_prompt_tokens"]
+
+
+def test_repeats_must_agree_for_reproducible_cases():
+    from nemo_trt.serve.regress.workflow import merge_repeats
+
+    s = suite()
+    case = s.cases[0]
+    same = [compare_case(case, s.checks(case), record([1, 2]), None, SERVER) for _ in range(3)]
+    merged = merge_repeats(case, same, SERVER)
+    assert merged.passed and merged.checks[-1].message == "3 runs identical"
+    mixed = [compare_case(case, s.checks(case), record(ids), None, SERVER) for ids in ([1, 2], [1, 3], [1, 2])]
+    merged = merge_repeats(case, mixed, SERVER)
+    assert not merged.passed and [c.name for c in merged.failures] == ["repeats"]
+    unseeded = suite(sampling={"temperature": 0.7})
+    merged = merge_repeats(unseeded.cases[0], [compare_case(unseeded.cases[0], s.checks(case), record(ids), None,
+                                                             SERVER) for ids in ([1], [2])], SERVER)
+    assert merged.passed and all(c.name != "repeats" for c in merged.checks)

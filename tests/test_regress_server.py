@@ -185,3 +185,17 @@ def test_perturbed_weights_human_report(perturbed_server, golden_path, capsys):
     assert code == 1
     assert "FAIL" in out and f"first divergence at output token {first} " in out and "expected:" in out and "got     :" in out
     assert "differs from the golden" in out and "FAILED: 0/1 cases passed" in out
+
+
+def test_repeats_under_in_flight_load_agree_with_golden_and_each_other(reference_server, golden_path, capsys):
+    cases = ["reasoning-off-greedy", "reasoning-on-seeded", "stop-words"]
+    code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", reference_server.grpc_url,
+                         "--repeat", "3", "--concurrency", "9", "--json",
+                         *sum((["--case", c] for c in cases), [])], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["passed"], out[:3000]
+    assert [c["name"] for c in report["cases"]] == cases
+    for case in report["cases"]:
+        repeats = next(k for k in case["checks"] if k["name"] == "repeats")
+        assert repeats["passed"] and repeats["message"] == "3 runs identical"
+        assert "3 runs, 0 failed" in case["notes"]

