@@ -7,7 +7,7 @@ other tensor has the real model's shape, so the largest tensors (28672 x 8192) a
 
 Measured in one run, on the same filesystem (/tmp by default):
   1. `cp -r` of the source (after a read warm-up, so both sides see a warm page cache), + syncfs
-  2. convert BF16 TP2 (subprocess; peak RSS = its ru_maxrss), + syncfs; ratio to cp
+  2. convert BF16 TP2 (subprocess; peak RSS = its VmHWM, plus ru_maxrss of any workers), + syncfs
   3. convert FP8 TP2 with precomputed synthetic activation ranges (no calibration pass: calibrating
      a 4 GB model needs the whole model in float32 memory — that cost is calibration's, not the
      converter's, and is reported separately in the notes), + syncfs; ratio to cp
@@ -130,7 +130,9 @@ t = time.perf_counter()
 r = convert_checkpoint(args["src"], args["out"], tp=args["tp"], pp=1, precision=args["precision"],
                        workers=args["workers"], progress=False, calibration=calibration)
 convert_s = time.perf_counter() - t
-print(json.dumps({"convert_s": convert_s, "bytes": r.bytes_written,
+status = open("/proc/self/status").read()
+hwm_kb = int(status.split("VmHWM:")[1].split()[0])
+print(json.dumps({"convert_s": convert_s, "bytes": r.bytes_written, "vmhwm_kb": hwm_kb,
                   "maxrss_self_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "maxrss_children_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
@@ -145,7 +147,9 @@ def run_convert(src: Path, out: Path, tp: int, precision: str, workers: int = 1)
     wall = time.perf_counter() - t
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     data["wall_s"] = wall  # includes interpreter + torch import and the final syncfs
-    data["peak_rss_mb"] = max(data["maxrss_self_kb"], data["maxrss_children_kb"]) / 1024
+    # VmHWM is the peak of this process's own address space. ru_maxrss is not usable here: Linux carries
+    # the pre-exec high-water mark of the forked parent (the bench, which just wrote GBs) into the child.
+    data["peak_rss_mb"] = max(data["vmhwm_kb"], data["maxrss_children_kb"]) / 1024
     data["out_bytes"] = sum(p.stat().st_size for p in out.iterdir())
     shutil.rmtree(out)
     return data
@@ -215,6 +219,8 @@ Same run, same filesystem, warm page cache (source read once before timing); tim
 | convert BF16 TP2, twice the layers | {d['convert_s']:.1f} | – | {d['peak_rss_mb']:.0f} MB (**{results['rss_ratio_double_vs_single']:.2f}x** of single) | unchanged |
 
 Notes:
+- Peak RSS is the converter process's VmHWM (/proc/self/status). Its ru_maxrss would be wrong here: Linux
+  carries the forked parent's high-water mark across exec, and the parent just synthesised the checkpoint.
 - "convert" is the time inside `convert_checkpoint` (validation, header parsing, reading, splitting, writing,
   sha256 of every output file, manifest); "wall" adds interpreter start-up and `import torch`.
 - FP8 skips the calibration pass (activation ranges passed in as a precomputed `Calibration`): calibration runs
