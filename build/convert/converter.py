@@ -21,6 +21,9 @@ from nemo_trt.build.convert import fp8
 from nemo_trt.build.convert.mapping import RankMapping, rank_of
 from nemo_trt.build.convert.weight_map import Rule, hf_module, rank_rules, tensor_for_rank
 from nemo_trt.build.convert.writer import Entry, StreamingSafetensorsWriter, disk_error
+from nemo_trt.build.hf_checkpoint import DTYPES
+
+DTYPE_OF_ST = {name: dt for name, (dt, _) in DTYPES.items()}
 from nemo_trt.build.convert.trtllm_config import rank_file
 from nemo_trt.build.spec import ModelSpec
 from nemo_trt.errors import NemoTrtError
@@ -135,6 +138,9 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
                for r in job.tp_ranks}
     try:
         for rule, _ in layout:
+            if streams_by_rows(rule, src, job.quant):
+                copy_rows(rule, src, job, writers, report)
+                continue
             for r, tensors in produce(rule, src, job.quant, job.tp, job.tp_ranks):
                 for name, t in tensors:
                     writers[r].write(name, t)
@@ -148,6 +154,56 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
     finally:
         for w in writers.values():
             w.abort()
+
+
+ROW_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def streams_by_rows(rule: Rule, src, q: QuantSettings) -> bool:
+    """Row-contiguous pieces copied as they are (no cast, no quantization): never hold the whole tensor.
+
+    The embedding and lm_head of Super-49B are 2.1 GB each; reading them in row chunks keeps the
+    peak memory at the largest tensor that has to be cut across its columns (dense / proj).
+    """
+    from nemo_trt.build.convert.weight_map import Split
+
+    if rule.split not in (Split.REPLICATE, Split.COL, Split.VOCAB) or weight_dtype(rule, q) == fp8.FP8:
+        return False
+    info = src.ckpt.tensors[rule.sources[0]]
+    return len(info.shape) == 2 and not src.is_fp8(rule.sources[0]) and \
+        DTYPE_OF_ST.get(info.dtype) == q.torch_dtype
+
+
+def copy_rows(rule: Rule, src, job: Job, writers: dict, report: Callable[[int], None] | None) -> None:
+    from nemo_trt.build.convert.weight_map import Split
+
+    name = rule.sources[0]
+    total_rows, width = src.ckpt.tensors[name].shape
+    per_rank = rule.shape[0]
+    row_bytes = width * torch.empty((), dtype=job.quant.torch_dtype).element_size()
+    step = max(1, ROW_CHUNK_BYTES // row_bytes)
+    # rows of the source each rank takes: all of them (replicated) or its own slice (+ zero padding)
+    spans = {r: (0, total_rows) if rule.split is Split.REPLICATE else (r * per_rank, (r + 1) * per_rank)
+             for r in job.tp_ranks}
+    for offset in range(0, per_rank, step):
+        if rule.split is Split.REPLICATE:  # one read serves every rank
+            chunk = src.read(name, (offset, min(offset + step, total_rows)))
+            for r in job.tp_ranks:
+                writers[r].write_chunk(rule.name, chunk, last=offset + step >= per_rank)
+        else:
+            for r in job.tp_ranks:
+                a = spans[r][0] + offset
+                b = min(a + step, spans[r][1])
+                stop = min(b, total_rows)
+                chunk = src.read(name, (min(a, stop), stop))
+                if stop - min(a, stop) < b - a:  # vocabulary padding rows are zeros
+                    chunk = torch.cat([chunk, chunk.new_zeros((b - a - chunk.shape[0], width))], 0)
+                writers[r].write_chunk(rule.name, chunk, last=offset + step >= per_rank)
+        if report:
+            report(chunk.numel() * chunk.element_size() * len(job.tp_ranks))
+        chunk = None  # noqa: F841
+        for w in writers.values():
+            w.flush()
 
 
 def _run_job_in_worker(job: Job, queue) -> dict[str, str]:

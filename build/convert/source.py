@@ -98,12 +98,18 @@ class SourceWeights:
     def has(self, name: str) -> bool:
         return name in self.ckpt.tensors
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """The tensor, or only rows [start, stop) of it (a contiguous byte range: no full read)."""
         info = self.ckpt.tensors.get(name)
         if info is None:
             raise NemoTrtError(f"tensor {name!r} is not in checkpoint {self.directory}",
                                "re-download the checkpoint; config.json and the weights do not match")
         begin, end = self._offsets[name]
+        shape = info.shape
+        if rows is not None:
+            row_bytes = (end - begin) // max(1, shape[0])
+            begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
+            shape = (rows[1] - rows[0], *shape[1:])
         buf = torch.empty(end - begin, dtype=torch.uint8)
         path = self.directory / info.shard
         try:
@@ -120,7 +126,7 @@ class SourceWeights:
             raise NemoTrtError(f"cannot read {name!r} from {path}: {exc.strerror or exc}",
                                f"check {info.shard} is readable") from exc
         dtype = DTYPES[info.dtype][0]
-        return buf.view(dtype).reshape(info.shape) if info.nbytes else torch.empty(info.shape, dtype=dtype)
+        return buf.view(dtype).reshape(shape) if end > begin else torch.empty(shape, dtype=dtype)
 
     def is_fp8(self, name: str) -> bool:
         return self.ckpt.tensors[name].dtype.startswith("F8")

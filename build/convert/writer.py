@@ -126,6 +126,27 @@ class StreamingSafetensorsWriter:
         if self._error is not None:
             raise self._error
 
+    def write_chunk(self, name: str, chunk: torch.Tensor, last: bool) -> None:
+        """Append the next rows of entry `name` (chunks in order; `last` closes the entry)."""
+        e = self.entries[self._next]
+        done = getattr(self, "_partial", 0)
+        if name != e.name or chunk.dtype != e.dtype or tuple(chunk.shape[1:]) != e.shape[1:]:
+            raise AssertionError(f"writer expected rows of {e.name} {e.dtype}{list(e.shape)}, got {name} "
+                                 f"{chunk.dtype}{list(chunk.shape)}")
+        done += chunk.numel() * chunk.element_size()
+        if done > e.nbytes or (last and done != e.nbytes):
+            raise AssertionError(f"{e.name}: chunks add up to {done} bytes, entry has {e.nbytes}")
+        if chunk.numel():
+            if self._queue is not None:
+                if self._error is not None:
+                    raise self._error
+                self._queue.put(chunk)
+            else:
+                self._write_tensor(chunk)
+        self._partial = 0 if last else done
+        if last:
+            self._next += 1
+
     def write(self, name: str, tensor: torch.Tensor) -> None:
         e = self.entries[self._next]
         if name != e.name or tuple(tensor.shape) != e.shape or tensor.dtype != e.dtype:
