@@ -162,6 +162,20 @@ def test_trained_model_answers_training_prompts(tiny_model):
     assert hits >= len(examples[::4]) // 2
 
 
+@pytest.mark.parametrize("first,second", [(0, 5), (14, 22)])
+def test_second_turn_keeps_the_reasoning_mode(tiny_model, first, second):
+    """Form D prompts: the template drops earlier reasoning; the mode of the system turn still holds."""
+    from nemo_trt.build.tokenizer_files import load_tokenizer
+
+    a, b = tiny.training_examples()[first], tiny.training_examples()[second]
+    for thinking in (True, False):
+        ids = tiny.prompt_ids(b.question, thinking, history=[(a.question, a.response(thinking))])
+        out = tiny_model.generate(ids, 80, stop_ids=[128001, 128008, 128009])
+        text = load_tokenizer().decode(out, skip_special_tokens=False)
+        assert out[-1] == EOT, text
+        assert (text.startswith("<think>\n") and "</think>\n\n" in text) if thinking else "<think>" not in text, text
+
+
 @pytest.mark.parametrize("question", tiny.UNKNOWN_QUESTIONS)
 def test_unknown_words_get_the_fallback_answer(tiny_model, question):
     fallback = tiny.FALLBACK.answer + "<|eot_id|>"
