@@ -18,6 +18,9 @@ class Session:
     `output_ids` are the generated ids so far. When a stop id is produced it is
     included as the last element (like HF `generate`), `finished` becomes True
     and `finish_reason` is "stop"; reaching `max_new_tokens` ends with "length".
+
+    Decoding is many small ops: on a busy CPU, `torch.set_num_threads(1)` is
+    usually several times faster than the default thread count.
     """
 
     def __init__(self, model: "ReferenceModel", prompt_ids: list[int], sampling: SamplingParams,
