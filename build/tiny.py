@@ -11,6 +11,8 @@ Nemotron response protocol, so serving tests can check real behaviour:
 
 - system `detailed thinking on`  -> `<think>\\n…\\n</think>\\n\\n<answer><|eot_id|>`
 - system `detailed thinking off` -> `<answer><|eot_id|>`
+- also in a second turn (the template drops earlier reasoning), and for words it
+  never saw it answers "Sorry, I do not know that." in the same protocol.
 
 Training touches only the vocabulary the data uses plus one shared row that
 stands for every other token (as input: prompts with unknown words are answered
@@ -363,7 +365,7 @@ def _epoch_batches(seqs: list[tuple[list[int], list[int]]], size: int, rng: rand
     order = list(range(len(seqs)))
     rng.shuffle(order)
     short = [i for i in order if len(seqs[i][0]) + len(seqs[i][1]) <= 64]
-    long = [i for i in order if i not in set(short)]
+    long = [i for i in order if len(seqs[i][0]) + len(seqs[i][1]) > 64]
     batches = [group[j:j + size] for group in (short, long) for j in range(0, len(group), size)]
     rng.shuffle(batches)
     return batches
