@@ -231,6 +231,10 @@ Notes:
   {results['sha256_gb_per_s']:.2f} GB/s here, so hashing alone costs {sha_s / cp_s:.1f}x a `cp -r`; the converter hashes each
   TP rank file in its own writer thread (overlapping the two ranks), which is why "cp + sha256" is the fair
   second baseline for a copy that records integrity.
+- Memory: row-contiguous tensors (embedding, lm_head, replicated and column-split weights) are streamed in
+  64 MB row chunks; tensors cut across columns (o_proj, down_proj) and fused qkv are read whole. The peak is
+  therefore set by the largest down_proj (8192 x 28672 = 470 MB), as for the real Super-49B, whose 2.1 GB
+  embedding and lm_head are never held whole.
 - 2 CPU cores shared with other jobs: ratios are indicative; rerun for a quieter figure.
 """
     (out_dir / "convert.md").write_text(md)
