@@ -26,6 +26,8 @@ def atomic_dir(target: str | Path, *, replace: bool = False) -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=PARTIAL_SUFFIX, dir=parent))
+        # mkdtemp makes 0700; the finished output should get the user's usual permissions.
+        os.chmod(tmp, 0o777 & ~_umask())
     except OSError as exc:
         raise NemoTrtError(f"cannot write to {parent}: {exc.strerror or exc}",
                            "choose an output directory you can write to, or fix its permissions") from exc
@@ -46,12 +48,19 @@ def atomic_dir(target: str | Path, *, replace: bool = False) -> Iterator[Path]:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a single file atomically (temp file in the same directory + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
