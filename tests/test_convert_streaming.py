@@ -148,3 +148,20 @@ def test_row_chunked_copy_matches_whole_tensor_path(tmp_path, convert_source, co
         want = json.loads((converted(8) / "manifest.json").read_text())["files"]
         got = json.loads((out / "manifest.json").read_text())["files"]
         assert got == want
+
+
+def test_cli_gpu_profile_sets_the_layout(tmp_path, convert_source, capsys):
+    from nemo_trt.build.gpu_detect import resolve_gpu_profile
+    from nemo_trt.build.planner import make_plan
+    from nemo_trt.build.spec import ModelSpec
+
+    plan = make_plan(ModelSpec.from_path(convert_source), resolve_gpu_profile("h100x2"), precision="bf16",
+                     input_len=1, output_len=1)
+    out = tmp_path / "out"
+    assert main(["convert", "--checkpoint", str(convert_source), "--output", str(out), "--gpu", "h100x2",
+                 "--precision", "bf16", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["tp"], data["pp"], data["precision"]) == (plan.tp, plan.pp, "bf16")
+    assert data["kv_cache_dtype"] == plan.kv_cache_dtype
+    assert main(["convert", "--checkpoint", str(convert_source), "--output", str(tmp_path / "x")]) == 2
+    assert "--gpu PROFILE, or --tp N" in capsys.readouterr().err

@@ -60,7 +60,10 @@ def command(checkpoint, output, gpu, tp, pp, precision, kv_cache_dtype, workers,
         from nemo_trt.build.planner import make_plan
         from nemo_trt.build.spec import ModelSpec
 
-        plan = make_plan(ModelSpec.from_path(checkpoint), resolve_gpu_profile(gpu), precision=precision, tp=tp, pp=pp)
+        # Only the layout (tp, pp, precision, KV dtype) matters here; the typical request lengths feed
+        # the planner's concurrency estimate, so keep them minimal (small models have short contexts).
+        plan = make_plan(ModelSpec.from_path(checkpoint), resolve_gpu_profile(gpu), precision=precision, tp=tp, pp=pp,
+                         input_len=1, output_len=1)
         tp, pp, precision = plan.tp, plan.pp, plan.precision
         kv_cache_dtype = kv_cache_dtype or plan.kv_cache_dtype
     result = convert_checkpoint(checkpoint, output, tp=tp, pp=pp or 1, precision=precision or "bf16",
