@@ -13,6 +13,11 @@ types of every step, and what stock pipelines feed `postprocessing` from `tensor
 is checked against the composing models before the repository
 is renamed into place. Tokenizer files are copied into the repository and referenced
 by relative paths, so the repository can be moved or mounted elsewhere.
+
+The repository's path-independent identity (nemo_trt.serve.repo_identity: engines or
+checkpoint by content, tokenizer, limits, `engine_id`) is written into the ensemble's
+config as the JSON string parameter `nemo_trt_repository`, where clients read it through
+Triton, and into `nemo_trt_repository.json` (key `identity`) next to the models.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from nemo_trt.atomic import atomic_dir
 from nemo_trt.errors import NemoTrtError
 from nemo_trt.model_facts import DEFAULT_MODEL, load_serving_facts
 from nemo_trt.resources import model_repository_dir
+from nemo_trt.serve.repo_identity import (identity_from_model_config, identity_parameter_value, make_identity,
+                                         reference_checkpoint_identity, trtllm_engine_identity)
 
 MANIFEST_NAME = "nemo_trt_repository.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -298,7 +305,8 @@ def _engine_identity(manifest: dict | None, engine_config: dict) -> dict | None:
     return identity
 
 
-def _copy_tokenizer(tokenizer_dir: Path, target: Path, vocab_size: Any) -> dict:
+def _check_tokenizer(tokenizer_dir: Path, vocab_size: Any) -> dict[str, str]:
+    """Refuse a tokenizer that cannot serve this model; return {file name: sha256} of the files to copy."""
     fix = "pass --tokenizer a directory with the model's tokenizer.json (e.g. the HF checkpoint directory)"
     if not (tokenizer_dir / "tokenizer.json").is_file():
         raise NemoTrtError(f"{tokenizer_dir} has no tokenizer.json", fix)
@@ -319,14 +327,14 @@ def _copy_tokenizer(tokenizer_dir: Path, target: Path, vocab_size: Any) -> dict:
         raise NemoTrtError(f"the tokenizer has {size} tokens but the model's vocabulary is {vocab_size}: "
                            "they do not belong together",
                            "pass --tokenizer the tokenizer of the checkpoint the engine/reference was built from")
+    return {name: hashlib.sha256((tokenizer_dir / name).read_bytes()).hexdigest()
+            for name in TOKENIZER_FILES if (tokenizer_dir / name).is_file()}
+
+
+def _copy_tokenizer(tokenizer_dir: Path, target: Path, files: dict[str, str]) -> None:
     target.mkdir(parents=True)
-    copied = {}
-    for name in TOKENIZER_FILES:
-        source = tokenizer_dir / name
-        if source.is_file():
-            shutil.copy2(source, target / name)
-            copied[name] = hashlib.sha256(source.read_bytes()).hexdigest()
-    return copied
+    for name in files:
+        shutil.copy2(tokenizer_dir / name, target / name)
 
 
 def _copy_model(template: Path, target: Path) -> None:
@@ -396,6 +404,7 @@ def write_repository(
         else:
             plan = _plan_from_manifest(engine_manifest)
         runtime = _runtime_settings(plan, engine_config)
+        engine_identity = trtllm_engine_identity(engine_dir, engine_config, engine_manifest)
         vocab = engine_config.get("pretrained_config", {}).get("vocab_size")
         mapping = engine_config.get("pretrained_config", {}).get("mapping", {})
         manifest.update({
@@ -472,6 +481,7 @@ def write_repository(
             max_seq_len = min(positions, REFERENCE_DEFAULT_MAX_SEQ_LEN)
             limits = ServingLimits(REFERENCE_DEFAULT_MAX_BATCH, max_seq_len - 1, max_seq_len, None,
                                    min(DEFAULT_MAX_TOKENS, max_seq_len), "reference defaults")
+        engine_identity = reference_checkpoint_identity(reference_dir)
         manifest.update({
             "backend": "reference",
             "reference_dir": str(reference_dir),
@@ -492,6 +502,14 @@ def write_repository(
         "default_max_tokens": limits.default_max_tokens,
     })
     manifest["limits"] = asdict(limits)
+    tokenizer_files = _check_tokenizer(tokenizer_dir, vocab)
+    # Served through Triton (ensemble parameter) so `nemo-trt regress` can tell which engine answered.
+    identity = make_identity(backend=manifest["backend"], engine=engine_identity, tokenizer_files=tokenizer_files,
+                             max_input_len=limits.max_input_len, max_seq_len=limits.max_seq_len,
+                             default_reasoning=reasoning, serving_model=facts.name)
+    values["nemo_trt_repository"] = identity_parameter_value(identity)
+    manifest["identity"] = identity
+    manifest["engine_id"] = identity["engine_id"]
 
     with atomic_dir(output, replace=force) as tmp:
         configs = {}
@@ -509,7 +527,11 @@ def write_repository(
                 raise NemoTrtError(f"{where} names the model {configs[name].name!r}", "this is a nemo-trt bug")
             (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
         check_ensemble(configs)
-        manifest["tokenizer_files"] = _copy_tokenizer(tokenizer_dir, tmp / "preprocessing" / TOKENIZER_SUBDIR, vocab)
+        if identity_from_model_config(configs["ensemble"]) != identity:
+            raise NemoTrtError("ensemble/config.pbtxt does not carry the repository identity intact",
+                               "this is a nemo-trt bug: the identity parameter is escaped wrongly")
+        _copy_tokenizer(tokenizer_dir, tmp / "preprocessing" / TOKENIZER_SUBDIR, tokenizer_files)
+        manifest["tokenizer_files"] = tokenizer_files
         manifest["models"] = sorted(configs)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return output

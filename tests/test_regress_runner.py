@@ -73,3 +73,20 @@ def test_prepared_requests_are_stable_and_carry_sampling():
     r = one.request
     assert (r.temperature, r.top_p, r.seed, r.stop_words, r.max_tokens, r.reasoning) == (0.6, 0.95, 3, ["."], 5, "on")
     assert suite.cases[0].sampling.label() == "T=0.6 top_p=0.95 seed=3"
+
+
+def test_identity_from_the_writers_parameter_prefers_its_engine_id():
+    from nemo_trt.serve.repo_identity import make_identity
+
+    block = make_identity(backend="reference", engine={"kind": "converted-checkpoint", "files_sha256": "f" * 64},
+                          tokenizer_files={"tokenizer.json": "t" * 64}, max_input_len=4095, max_seq_len=4096,
+                          default_reasoning="on", serving_model="m")
+    configs = {"ensemble": {"name": "ensemble", "parameters": {"nemo_trt_repository": _param(json.dumps(block))}},
+               "tensorrt_llm": {"name": "tensorrt_llm", "parameters": {"reference_checkpoint_dir": _param("/a")}}}
+    ident = identity_from_configs("h:1", "grpc", "ensemble", "2.51.0", configs)
+    assert ident.engine_id == block["engine_id"] and not ident.engine_id.startswith("config:")
+    assert ident.backend == "cpu-reference" and ident.deterministic_sampling and ident.max_input_len == 4095
+    assert ident.manifest == block
+    # The same repository elsewhere (other paths in the LLM model's parameters): the same engine id.
+    configs["tensorrt_llm"]["parameters"]["reference_checkpoint_dir"] = _param("/b")
+    assert identity_from_configs("h:2", "grpc", "ensemble", "2.51.0", configs).engine_id == ident.engine_id

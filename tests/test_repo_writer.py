@@ -2,6 +2,7 @@
 settings from the plan / engine, relocatable, atomic, clear errors."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -331,3 +332,102 @@ def test_postprocessing_that_does_not_fit_tensorrt_llm_is_refused(tmp_path):
         write_repository(tmp_path / "repo", tokenizer_dir=TOKENIZER_DIR, reference_dir=_reference_dir(tmp_path),
                          templates=templates)
     assert not (tmp_path / "repo").exists()
+
+
+# ----------------------------------------------------------------------------- identity through Triton
+
+
+def _served_identity(repo: Path) -> dict:
+    """What a client reads through Triton: the ensemble's `nemo_trt_repository` parameter, decoded."""
+    params = _params(_configs(repo)["ensemble"])
+    identity = json.loads(params["nemo_trt_repository"])
+    assert identity == read_repository_manifest(repo)["identity"]  # the file on disk says the same
+    return identity
+
+
+def _converted_with_weights(root: Path, payload: bytes) -> Path:
+    """A converted-checkpoint lookalike: config.json, a rank file and the converter's manifest.json."""
+    from nemo_trt.build.convert.manifest import write_manifest
+
+    ref = _reference_dir(root)
+    (ref / "rank0.safetensors").write_bytes(payload)
+    hashes = {n: hashlib.sha256((ref / n).read_bytes()).hexdigest() for n in ("config.json", "rank0.safetensors")}
+    write_manifest(ref, {"format": "nemo-trt/trtllm-checkpoint/1", "source": {"path": str(root)}}, hashes)
+    return ref
+
+
+def test_identity_is_served_by_the_ensemble_and_path_independent(tmp_path):
+    ids = []
+    for where in ("a", "b/deeper"):
+        root = tmp_path / where
+        root.mkdir(parents=True)
+        repo = write_repository(root / "repo", tokenizer_dir=TOKENIZER_DIR,
+                                reference_dir=_converted_with_weights(root, b"weights-1"))
+        ids.append(_served_identity(repo))
+        raw = (repo / "ensemble" / "config.pbtxt").read_text(encoding="utf-8")
+        assert str(tmp_path) not in json.dumps(ids[-1]) and str(tmp_path) not in raw
+    assert ids[0] == ids[1]  # same inputs in different directories: the same identity, byte for byte
+    ident = ids[0]
+    assert ident["backend"] == "reference" and ident["deterministic_sampling"] is True
+    assert ident["engine"]["kind"] == "converted-checkpoint" and ident["engine"]["matches_manifest"] is True
+    assert ident["limits"] == {"max_input_len": 2047, "max_seq_len": 2048} and ident["default_reasoning"] == "on"
+    assert ident["nemo_trt_version"] and len(ident["tokenizer_sha256"]) == 64
+    assert len(ident["engine_id"]) == 16
+
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = _served_identity(write_repository(other / "repo", tokenizer_dir=TOKENIZER_DIR,
+                                                reference_dir=_converted_with_weights(other, b"weights-2")))
+    assert changed["engine_id"] != ident["engine_id"] and changed["tokenizer_sha256"] == ident["tokenizer_sha256"]
+    # A rank file edited after conversion (manifest not updated) is served as what it is.
+    (other / "converted" / "rank0.safetensors").write_bytes(b"weights-1")
+    tampered = _served_identity(write_repository(other / "repo2", tokenizer_dir=TOKENIZER_DIR,
+                                                 reference_dir=other / "converted"))
+    assert tampered["engine"]["matches_manifest"] is False and tampered["engine_id"] != ident["engine_id"]
+    off = _served_identity(write_repository(tmp_path / "off", tokenizer_dir=TOKENIZER_DIR, reasoning="off",
+                                            reference_dir=tmp_path / "a" / "converted"))
+    assert off["engine_id"] != ident["engine_id"] and off["engine"] == ident["engine"]
+
+
+def test_identity_of_engines_ignores_build_paths(tmp_path, plan):
+    from nemo_trt.serve.repo_identity import build_argv_digest
+
+    ids = []
+    for where in ("x", "y"):
+        root = tmp_path / where
+        root.mkdir()
+        engine = _engine_dir(root, plan, manifest_plan=plan)
+        body = json.loads((engine / "engine_manifest.json").read_text())
+        body["build_command"] = ["/usr/local/bin/trtllm-build", "--checkpoint_dir", str(root / "ckpt"),
+                                 "--output_dir", str(engine), "--max_batch_size", "8"]
+        (engine / "engine_manifest.json").write_text(json.dumps(body))
+        ids.append(_served_identity(write_repository(root / "repo", tokenizer_dir=TOKENIZER_DIR, engine_dir=engine)))
+    assert ids[0] == ids[1] and ids[0]["backend"] == "tensorrtllm" and ids[0]["deterministic_sampling"] is False
+    eng = ids[0]["engine"]
+    assert eng["engines_hashed"] and eng["engines"] == [{"name": "rank0.engine", "sha256": "def"}]
+    assert eng["trtllm_version"] == "0.20.0"
+    assert eng["build_argv_sha256"] == build_argv_digest(["trtllm-build", "--max_batch_size", "8"])
+    assert build_argv_digest(["trtllm-build", "--max_batch_size", "16"]) != eng["build_argv_sha256"]
+
+    body["engines"][0]["sha256"] = "another-engine"
+    (tmp_path / "y" / "engines" / "engine_manifest.json").write_text(json.dumps(body))
+    rebuilt = _served_identity(write_repository(tmp_path / "y" / "repo2", tokenizer_dir=TOKENIZER_DIR,
+                                                engine_dir=tmp_path / "y" / "engines"))
+    assert rebuilt["engine_id"] != ids[0]["engine_id"]
+    # Engines without nemo-trt's manifest are not re-hashed; the identity says so.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    weak = _served_identity(write_repository(bare / "repo", tokenizer_dir=TOKENIZER_DIR,
+                                             engine_dir=_engine_dir(bare, plan)))
+    assert weak["engine"]["engines_hashed"] is False and weak["engine"]["engines"][0]["bytes"] == 4
+
+
+def test_identity_parameter_survives_any_characters():
+    from nemo_trt.serve.repo_identity import identity_parameter_value
+
+    from nemo_trt.serve.repo_writer import parse_model_config
+
+    identity = {"a": 'quote " backslash \\ newline \n tab \t unicode é 思 {}', "n": [1, 2.5, None, True]}
+    text = f'name: "e"\nparameters: {{ key: "nemo_trt_repository" value: {{ string_value: "{identity_parameter_value(identity)}" }} }}\n'
+    config = parse_model_config(text, "t")
+    assert json.loads(config.parameters["nemo_trt_repository"].string_value) == identity

@@ -22,6 +22,8 @@ from nemo_trt.serve.regress.suite import Case, Suite
 # Backends whose sampling is reproducible for a given seed (the CPU reference seeds a
 # per-request torch.Generator); TensorRT-LLM only promises this within one engine/build.
 DETERMINISTIC_BACKENDS = {"cpu-reference", "reference", "tensorrt_llm_reference"}
+# The repository identity names the CPU reference backend "reference"; reports and goldens say "cpu-reference".
+BACKEND_LABELS = {"reference": "cpu-reference"}
 FILLER = " The quick brown fox jumps over the lazy dog while the busy bees hum near the old stone bridge."
 
 
@@ -46,7 +48,10 @@ def _sha(data: Any) -> str:
 
 
 def _find_manifest(params_by_model: dict[str, dict[str, str]]) -> tuple[dict | None, str | None]:
-    """The repository manifest as a JSON-string model parameter (agreed key first, then any *manifest*)."""
+    """The repository manifest as a JSON-string model parameter (agreed key first, then any *manifest*).
+
+    nemo-trt repositories carry it on the ensemble as `nemo_trt_repository` (nemo_trt.serve.repo_identity):
+    path-independent, with a ready `engine_id`, so a relocated copy of a repository reads the same."""
     preferred = ("nemo_trt_repository", "nemo_trt_manifest", "repository_manifest")
     candidates = []
     for model, params in params_by_model.items():
@@ -82,6 +87,7 @@ def identity_from_configs(url: str, protocol: str, model: str, triton_version: s
     llm_name = next((n for n in configs if n.startswith("tensorrt_llm") and "bls" not in n), None)
     llm_params = params.get(llm_name, {}) if llm_name else {}
     backend = _dig(manifest, "backend", "engine.backend")
+    backend = BACKEND_LABELS.get(backend, backend)
     if backend is None and llm_name:
         backend = "cpu-reference" if ("reference_checkpoint_dir" in llm_params or "reference" in llm_name) \
             else "tensorrtllm"
