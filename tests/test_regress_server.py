@@ -77,6 +77,10 @@ def test_golden_passes_against_the_session_server(reference_server, golden_path,
     assert code == 0 and report["passed"], (stale_golden_hint(golden, tiny_checkpoint_dir) + "\n"
                                             + json.dumps(failed, indent=1)[:4000])
     assert {c["name"] for c in report["cases"]} == set(golden["cases"])
+    # The server tells its identity through Triton (ensemble parameter), path-independent: the session's
+    # repository (fresh temp paths every run) is the very engine the golden was recorded from.
+    assert golden["server"]["manifest"] and golden["server"]["engine_id"] == golden["server"]["manifest"]["engine_id"]
+    assert not [n for n in report["compatibility"] if "engine" in n or "manifest" in n], report["compatibility"]
     modes = {c["name"]: c["mode"] for c in report["cases"]}
     # Greedy and (deterministic backend) seeded cases are compared token for token.
     assert modes["reasoning-off-greedy"] == "tokens" and modes["reasoning-on-seeded"] == "tokens"
@@ -155,7 +159,7 @@ def test_perturbed_weights_fail_with_first_divergence(perturbed_server, golden_p
                          "--junit", str(junit), "--json", *sum((["--case", c] for c in cases), [])], capsys)
     report = json.loads(out)
     assert code == 1 and not report["passed"], "swapping two lm_head rows went unnoticed"
-    assert any("differs from the golden" in n for n in report["compatibility"])
+    assert any("engine differs from the golden" in n for n in report["compatibility"]), report["compatibility"]
     diverged = [c for c in report["cases"] if c["divergence"]]
     assert SWAP_CASE in [c["name"] for c in diverged], out[:3000]
     diverged = [c for c in diverged if c["name"] == SWAP_CASE]
