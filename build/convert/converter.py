@@ -1,7 +1,7 @@
 """Streaming HF -> TensorRT-LLM conversion: one pass over the source, rank files written as it goes.
 
 Work is split into jobs of (PP stage, some TP ranks). A job reads each source tensor of its
-stage once (in file order), cuts every rank's piece (`weight_map.tensor_for_rank`), quantizes
+stage once (in file order), cuts every rank's piece (`weight_map.pieces_for_rank`), quantizes
 it when asked, and appends it to that rank's open file (`writer.StreamingSafetensorsWriter`).
 Peak memory is a source tensor plus a rank piece, whatever the number of layers. With
 `workers > 1` jobs run in spawned processes (TP ranks of a stage split across them).
@@ -19,7 +19,7 @@ import torch
 
 from nemo_trt.build.convert import fp8
 from nemo_trt.build.convert.mapping import RankMapping, rank_of
-from nemo_trt.build.convert.weight_map import Rule, hf_module, rank_rules, tensor_for_rank
+from nemo_trt.build.convert.weight_map import Rule, hf_module, pieces_for_rank, rank_rules
 from nemo_trt.build.convert.writer import Entry, StreamingSafetensorsWriter, disk_error
 from nemo_trt.build.hf_checkpoint import DTYPES
 
@@ -77,8 +77,10 @@ def rank_entries(spec: ModelSpec, m: RankMapping, q: QuantSettings) -> list[tupl
 
 
 # ---- one rule: HF tensors -> per-rank tensors -------------------------------------------
-def produce(rule: Rule, src, q: QuantSettings, tp: int, tp_ranks: tuple[int, ...]) -> Iterator[tuple[int, list[tuple[str, torch.Tensor]]]]:
-    """Yield (tp_rank, [(name, tensor), ...]) for one rule; `src` is a source.SourceWeights."""
+def produce(rule: Rule, src, q: QuantSettings, tp: int, tp_ranks: tuple[int, ...]
+            ) -> Iterator[tuple[int, list[tuple[str, torch.Tensor | list[torch.Tensor]]]]]:
+    """Yield (tp_rank, [(name, tensor or its row blocks in order), ...]) for one rule; `src` is a
+    source.SourceWeights."""
     sources = [src.read(n) for n in rule.sources]
     source_fp8 = src.is_fp8(rule.sources[0])
     extra: list[tuple[str, torch.Tensor]] = []
@@ -110,10 +112,10 @@ def produce(rule: Rule, src, q: QuantSettings, tp: int, tp_ranks: tuple[int, ...
             kv = fp8.scale_from_amax(q.kv_amax[rule.layer])
         extra.append((rule.name.replace("qkv.weight", fp8.KV_SCALE), fp8.scale_tensor(kv)))
     for r in tp_ranks:
-        piece = tensor_for_rank(rule, sources, tp, r)
-        if weight_dtype(rule, q) == fp8.FP8 and piece.dtype != fp8.FP8:
-            piece = fp8.quantize(piece, float(extra[0][1]))
-        yield r, [(rule.name, piece), *extra]
+        pieces = pieces_for_rank(rule, sources, tp, r)  # row blocks of the rank tensor: no torch.cat copy
+        if weight_dtype(rule, q) == fp8.FP8 and pieces[0].dtype != fp8.FP8:
+            pieces = [fp8.quantize(p, float(extra[0][1])) for p in pieces]  # elementwise: same as on the cat
+        yield r, [(rule.name, pieces), *extra]
 
 
 def _act_amax(q: QuantSettings, weight_name: str) -> float:
@@ -142,12 +144,17 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
                 copy_rows(rule, src, job, writers, report)
                 continue
             for r, tensors in produce(rule, src, job.quant, job.tp, job.tp_ranks):
+                part = None
                 for name, t in tensors:
-                    writers[r].write(name, t)
+                    if isinstance(t, list):
+                        for i, part in enumerate(t):
+                            writers[r].write_chunk(name, part, last=i == len(t) - 1)
+                    else:
+                        writers[r].write(name, t)
                     if report:
-                        report(t.numel() * t.element_size())
+                        report(sum(p.numel() * p.element_size() for p in (t if isinstance(t, list) else [t])))
                 # pieces are views of the source tensor: drop every reference before the next read
-                tensors = t = None  # noqa: F841
+                tensors = t = part = None  # noqa: F841
             for w in writers.values():  # one rule in flight: memory stays one source tensor + its pieces
                 w.flush()
         return {w.path.name: w.close() for w in writers.values()}

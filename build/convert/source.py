@@ -1,9 +1,11 @@
 """The HF side of a conversion: weights read one at a time, plus ModelOpt FP8 metadata.
 
-Tensors are read with plain `readinto` at the byte ranges of the (already validated)
-safetensors headers rather than through `safe_open`: a memory map keeps every page it
-touched resident in the converter process, so converting a 100 GB checkpoint through one
-would grow RSS towards the checkpoint size. A pread'd tensor is freed as soon as it is written.
+Each tensor (or row range) is mapped on its own, copy-on-write, at the byte range of the
+(already validated) safetensors header, rather than through `safe_open`: that maps whole
+files for the reader's lifetime, so every page it touched would stay resident and RSS would
+grow towards the checkpoint size. A per-tensor mapping costs no copy and no zero-filled
+buffer (its pages are the page cache's) and is unmapped as soon as the last piece cut from
+it has been written. (Ranges not aligned to their dtype fall back to `preadv` into a buffer.)
 
 A checkpoint quantized by NVIDIA ModelOpt (`hf_quant_config.json`, or `quantization_config`
 with quant_method "modelopt" in config.json) stores FP8 `weight`s with per-tensor float32
@@ -13,6 +15,8 @@ with quant_method "modelopt" in config.json) stores FP8 `weight`s with per-tenso
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,23 +114,22 @@ class SourceWeights:
             row_bytes = (end - begin) // max(1, shape[0])
             begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
             shape = (rows[1] - rows[0], *shape[1:])
-        buf = torch.empty(end - begin, dtype=torch.uint8)
+        dtype = DTYPES[info.dtype][0]
+        if end <= begin:
+            return torch.empty(shape, dtype=dtype)
         path = self.directory / info.shard
+        start = self._data_start[info.shard] + begin
         try:
             with open(path, "rb", buffering=0) as fh:
-                fh.seek(self._data_start[info.shard] + begin)
-                view = memoryview(buf.numpy())
-                got = 0
-                while got < len(view):
-                    n = fh.readinto(view[got:])
-                    if not n:
-                        raise NemoTrtError(f"{path} ended while reading {name!r}", f"re-download {info.shard}; it is truncated")
-                    got += n
+                if os.fstat(fh.fileno()).st_size < start + (end - begin):
+                    raise NemoTrtError(f"{path} ended while reading {name!r}", f"re-download {info.shard}; it is truncated")
+                buf = _map(fh, start, end - begin, torch.empty((), dtype=dtype).element_size())
+                if buf is None:
+                    buf = _read(fh, start, end - begin, path, name, info.shard)
         except OSError as exc:
             raise NemoTrtError(f"cannot read {name!r} from {path}: {exc.strerror or exc}",
                                f"check {info.shard} is readable") from exc
-        dtype = DTYPES[info.dtype][0]
-        return buf.view(dtype).reshape(shape) if end > begin else torch.empty(shape, dtype=dtype)
+        return buf.view(dtype).reshape(shape)
 
     def is_fp8(self, name: str) -> bool:
         return self.ckpt.tensors[name].dtype.startswith("F8")
@@ -146,3 +149,27 @@ class SourceWeights:
         found = [self._scalar(n) for n in (p + "k_proj.k_scale", p + "v_proj.v_scale", p + "k_scale", p + "v_scale")]
         found = [s for s in found if s is not None]
         return max(found) if found else None
+
+
+def _map(fh, start: int, length: int, itemsize: int) -> torch.Tensor | None:
+    """The byte range as a tensor over a private (copy-on-write) mapping of the page cache: no copy,
+    no zero-filled anonymous pages. Unmapped when the last tensor viewing it is freed, so memory is
+    held exactly as long as a read buffer would be. None when the range is not aligned to its dtype."""
+    aligned = start - start % mmap.ALLOCATIONGRANULARITY
+    delta = start - aligned
+    if delta % itemsize:
+        return None
+    mm = mmap.mmap(fh.fileno(), delta + length, access=mmap.ACCESS_COPY, offset=aligned)
+    return torch.frombuffer(mm, dtype=torch.uint8, count=length, offset=delta)
+
+
+def _read(fh, start: int, length: int, path: Path, name: str, shard: str) -> torch.Tensor:
+    buf = torch.empty(length, dtype=torch.uint8)
+    view = memoryview(buf.numpy())
+    got = 0
+    while got < length:
+        n = os.preadv(fh.fileno(), [view[got:]], start + got)
+        if not n:
+            raise NemoTrtError(f"{path} ended while reading {name!r}", f"re-download {shard}; it is truncated")
+        got += n
+    return buf

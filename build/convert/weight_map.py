@@ -164,16 +164,23 @@ def kv_for_rank(t: torch.Tensor, kv_heads: int, tp: int, tp_rank: int) -> torch.
 def tensor_for_rank(rule: Rule, sources: Sequence[torch.Tensor], tp: int, tp_rank: int,
                     vocab_size: int | None = None) -> torch.Tensor:
     """Apply the rule's split to already-loaded HF tensors (float or FP8 alike)."""
+    pieces = pieces_for_rank(rule, sources, tp, tp_rank)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 0)
+
+
+def pieces_for_rank(rule: Rule, sources: Sequence[torch.Tensor], tp: int, tp_rank: int) -> list[torch.Tensor]:
+    """`tensor_for_rank` as consecutive row blocks (views where possible), so a writer can stream
+    the fused qkv or the zero-padded vocabulary without first copying them into one tensor."""
     if rule.split is Split.REPLICATE:
-        return sources[0]
+        return [sources[0]]
     if rule.split is Split.COL:
-        return split_rows(sources[0], tp, tp_rank, 0)
+        return [split_rows(sources[0], tp, tp_rank, 0)]
     if rule.split is Split.ROW:
-        return split_rows(sources[0], tp, tp_rank, 1)
+        return [split_rows(sources[0], tp, tp_rank, 1)]
     if rule.split is Split.QKV:
         q, k, v = sources
-        return torch.cat([split_rows(q, tp, tp_rank), kv_for_rank(k, rule.kv_heads, tp, tp_rank),
-                          kv_for_rank(v, rule.kv_heads, tp, tp_rank)], 0)
+        return [split_rows(q, tp, tp_rank), kv_for_rank(k, rule.kv_heads, tp, tp_rank),
+                kv_for_rank(v, rule.kv_heads, tp, tp_rank)]
     if rule.split is Split.VOCAB:
         t = sources[0]
         padded = pad_vocab_size(t.shape[0], tp)
@@ -181,8 +188,8 @@ def tensor_for_rank(rule: Rule, sources: Sequence[torch.Tensor], tp: int, tp_ran
         start = tp_rank * rows
         part = t[start:min(start + rows, t.shape[0])]
         if part.shape[0] < rows:  # zero-pad only this rank's tail, never the whole table
-            part = torch.cat([part, part.new_zeros((rows - part.shape[0], t.shape[1]))], 0)
-        return part
+            return [part, part.new_zeros((rows - part.shape[0], t.shape[1]))]
+        return [part]
     raise AssertionError(rule.split)
 
 
