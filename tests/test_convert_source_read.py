@@ -60,3 +60,38 @@ def test_pieces_concatenate_to_the_rank_tensor(convert_source):
                 assert tuple(whole.shape) == rule.shape
                 if rule.split is Split.QKV:
                     assert len(pieces) == 3 and all(p.shape[1:] == whole.shape[1:] for p in pieces)
+
+
+def test_row_split_pieces_are_gather_written_byte_exact(tmp_path, monkeypatch):
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from nemo_trt.build.convert import writer as writer_mod
+    from nemo_trt.build.convert.writer import Entry, StreamingSafetensorsWriter
+
+    real = writer_mod.os.writev
+
+    def short_writev(fd, views):  # a regular file may take fewer bytes than asked: resume mid-row
+        return real(fd, [bytes(memoryview(views[0])[:max(1, len(views[0]) // 3)])])
+
+    monkeypatch.setattr(writer_mod.os, "writev", short_writev)
+    monkeypatch.setattr(writer_mod, "_SLICE", 40)  # several writev batches per piece
+    full = torch.arange(6 * 10, dtype=torch.float32).reshape(6, 10).to(torch.bfloat16)
+    piece = full[:, 5:]  # a row-split piece: rows contiguous, strided between rows
+    assert not piece.is_contiguous()
+    entries = [Entry("a", torch.bfloat16, (6, 5)), Entry("b", torch.bfloat16, (3, 10))]
+    w = StreamingSafetensorsWriter(tmp_path / "ours.safetensors", entries)
+    w.write("a", piece)
+    w.write("b", full[::2])  # rows strided by two rows: still one contiguous row each
+    digest = w.close()
+    save_file({"a": piece.contiguous(), "b": full[::2].contiguous()}, tmp_path / "ref.safetensors")
+    ours = (tmp_path / "ours.safetensors").read_bytes()
+    ref = (tmp_path / "ref.safetensors").read_bytes()
+    data = lambda raw: raw[8 + int.from_bytes(raw[:8], "little"):]  # noqa: E731
+    assert data(ours) == data(ref) == piece.contiguous().view(torch.uint8).numpy().tobytes() + \
+        full[::2].contiguous().view(torch.uint8).numpy().tobytes()
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "ours.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("a"), piece) and torch.equal(f.get_tensor("b"), full[::2])
+    assert hashlib.sha256(ours).hexdigest() == digest

@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import math
+import os
 import queue
 import struct
 import threading
@@ -34,6 +35,7 @@ from nemo_trt.errors import NemoTrtError
 # OSError(ENOSPC) here to simulate a full disk.
 WRITE_HOOK: Callable[[Path, int], None] | None = None
 _SLICE = 8 * 1024 * 1024  # write + hash in cache-sized slices
+_IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,21 @@ def disk_error(path: Path, exc: OSError) -> NemoTrtError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return NemoTrtError(f"cannot write {path}: {exc.strerror}", "choose an output directory you can write to")
     return NemoTrtError(f"cannot write {path}: {exc.strerror or exc}", "check the output filesystem")
+
+
+def _writev_all(fd: int, views: list[memoryview]) -> None:
+    """os.writev until every byte is written (a regular file may take less than asked)."""
+    views = list(views)  # resumed rows are re-sliced here, not in the caller's list (it hashes them)
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i:i + _IOV_MAX])
+        if n <= 0:
+            raise OSError(errno.EIO, "write returned no progress")
+        while i < len(views) and n >= len(views[i]):
+            n -= len(views[i])
+            i += 1
+        if n:
+            views[i] = views[i][n:]
 
 
 class StreamingSafetensorsWriter:
@@ -100,10 +117,32 @@ class StreamingSafetensorsWriter:
         if t.is_contiguous():
             self._write(t.reshape(-1).view(torch.uint8).numpy())
             return
-        # A strided view (row-split piece): copy a few MB of rows at a time, never the whole piece.
+        if t.dim() == 2 and t.stride(1) == 1 and t.shape[1]:
+            self._write_rows(t)
+            return
+        # Other strided views: copy a few MB of rows at a time, never the whole piece.
         rows = max(1, _SLICE // max(1, t[0].numel() * t.element_size()))
         for start in range(0, t.shape[0], rows):
             self._write(t[start:start + rows].contiguous().reshape(-1).view(torch.uint8).numpy())
+
+    def _write_rows(self, t: torch.Tensor) -> None:
+        """A row-split piece (each row contiguous, rows strided): gather-write the rows straight from
+        the source with writev and hash them in place, instead of first copying them contiguous."""
+        b = t.view(torch.uint8).numpy()  # (rows, row bytes); a view, no copy
+        per = max(1, min(_IOV_MAX, _SLICE // b.shape[1]))
+        try:
+            self._fh.flush()  # the buffered header (or an earlier small write) goes first
+            fd = self._fh.fileno()
+            for start in range(0, b.shape[0], per):
+                views = [memoryview(row) for row in b[start:start + per]]
+                if WRITE_HOOK is not None:
+                    WRITE_HOOK(self.path, len(views) * b.shape[1])
+                _writev_all(fd, views)
+                for v in views:
+                    self._sha.update(v)
+        except OSError as exc:
+            self._fh.close()
+            raise disk_error(self.path, exc) from exc
 
     def _drain(self) -> None:
         while True:
