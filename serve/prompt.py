@@ -117,6 +117,12 @@ class PromptRenderer:
                 raise ValueError(f"the tokenizer has no {token} token: it is not a Llama-3 tokenizer")
             self._special[token] = token_id
         self._switches = {prompt.strip(): mode for mode, prompt in facts.reasoning.system_prompts.items()}
+        # Per-request work is on every request's latency: the pieces that never change
+        # (role headers, the system turn of each mode, the assistant prefix) are encoded once.
+        self._headers = {role: [self._special[START_HEADER]] + self.encode_text(role) + [self._special[END_HEADER]]
+                         for role in ROLES}
+        self._assistant_prefix = self._headers["assistant"] + self.encode_text("\n\n")
+        self._system_turns: dict[str, list[int]] = {}
 
     @classmethod
     def from_dir(cls, tokenizer_dir: str | Path, facts: ServingFacts | None = None) -> PromptRenderer:
@@ -130,13 +136,16 @@ class PromptRenderer:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def _turn(self, role: str, content: str) -> list[int]:
-        return (
-            [self._special[START_HEADER]]
-            + self.encode_text(role)
-            + [self._special[END_HEADER]]
-            + self.encode_text("\n\n" + content)
-            + [self._special[EOT]]
-        )
+        header = self._headers.get(role)
+        if header is None:
+            header = [self._special[START_HEADER]] + self.encode_text(role) + [self._special[END_HEADER]]
+        return header + self.encode_text("\n\n" + content) + [self._special[EOT]]
+
+    def _system_turn(self, mode: str) -> list[int]:
+        turn = self._system_turns.get(mode)
+        if turn is None:
+            turn = self._system_turns[mode] = self._turn("system", self.facts.system_prompt(mode))
+        return turn
 
     def render(self, messages: list[ChatMessage], reasoning: str | None = None,
                default: str | None = None) -> RenderedPrompt:
@@ -157,14 +166,13 @@ class PromptRenderer:
             first_user = next(i for i, m in enumerate(messages) if m.role == "user")
             merged = f"{client_system}\n\n{messages[first_user].content}"
             messages[first_user] = ChatMessage("user", merged)
-        ids = [self._special[BOS]] + self._turn("system", self.facts.system_prompt(mode))
+        ids = [self._special[BOS]] + self._system_turn(mode)
         for message in messages:
             content = message.content
             if message.role == "assistant" and self.facts.reasoning.close_tag in content:
                 content = content.split(self.facts.reasoning.close_tag)[-1]
             ids += self._turn(message.role, content.strip())
-        ids += [self._special[START_HEADER]] + self.encode_text("assistant") + [self._special[END_HEADER]]
-        ids += self.encode_text("\n\n")
+        ids += self._assistant_prefix
         return RenderedPrompt(ids, mode)
 
     def render_text(self, text: str, reasoning: str | None = None, default: str | None = None) -> RenderedPrompt:

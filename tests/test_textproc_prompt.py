@@ -130,3 +130,26 @@ def test_parse_reasoning():
         parse_reasoning("sometimes", "on")
     with pytest.raises(PromptError, match="UTF-8"):
         parse_reasoning(b"\xff", "on")
+
+
+def test_cached_prompt_pieces_match_encoding_each_time_and_are_not_shared(renderer, facts):
+    """The renderer encodes the fixed pieces (role headers, system turns, assistant prefix)
+    once: the ids must equal encoding them per request, and no caller may alter the cache."""
+    tok = renderer._tokenizer
+    special = renderer._special
+
+    def encode(text):
+        return tok.encode(text, add_special_tokens=False).ids if text else []
+
+    for mode in ("on", "off"):
+        chat = [ChatMessage("user", "Hi there"), ChatMessage("assistant", "Hello"), ChatMessage("user", "Bye")]
+        expected = [special["<|begin_of_text|>"]]
+        for role, content in [("system", facts.system_prompt(mode))] + [(m.role, m.content) for m in chat]:
+            expected += ([special["<|start_header_id|>"]] + encode(role) + [special["<|end_header_id|>"]]
+                         + encode("\n\n" + content) + [special["<|eot_id|>"]])
+        expected += [special["<|start_header_id|>"]] + encode("assistant") + [special["<|end_header_id|>"]]
+        expected += encode("\n\n")
+        first = renderer.render(chat, mode).ids
+        assert first == expected
+        first.clear()  # a caller changing its ids must not change the next request's
+        assert renderer.render(chat, mode).ids == expected

@@ -1,19 +1,18 @@
 """Triton Python model `generate` (decoupled, BLS): tensorrt_llm tokens -> text deltas.
 
-Each request runs on its own thread: it forwards its tensors to `tensorrt_llm`
-(`exec(decoupled=True)`), turns every token response into a text delta with one
+Each request runs on a thread of its own (a reused one: nemo_trt.serve.workers): it
+forwards its tensors to `tensorrt_llm` (`exec(decoupled=True)`), turns every token response into a text delta with one
 nemo_trt.serve.postprocess.TextStream, and ends with a response carrying the held-back
 tail and the final flag (the BLS iterator only says "done" after the last data
 response, so the tail cannot ride on it).
 """
-import threading
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
 from nemo_trt.serve.postprocess import TextDelta, TextStream
 from nemo_trt.serve.triton_params import model_parameters, required, resolve_path
+from nemo_trt.serve.workers import Workers
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 FORWARDED = (
@@ -44,20 +43,23 @@ class TritonPythonModel:
         self.tokenizer = Tokenizer.from_file(
             str(resolve_path(required(params, "tokenizer_dir"), args) / "tokenizer.json"))
         self.llm = required(params, "tensorrt_llm_model_name")
+        self.workers = Workers("generate")
 
     def execute(self, requests):
         for request in requests:
-            threading.Thread(target=self._run, args=(request,), daemon=True).start()
+            self.workers.submit(self._run, request)
         return None
 
     def _run(self, request):
         sender = request.get_response_sender()
         try:
+            # The request's own tensors, as they are (no numpy copy, no new shared-memory
+            # buffer), as in the python backend's BLS examples; only those that are set.
             inputs = []
             for name in FORWARDED:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is not None:
-                    inputs.append(pb_utils.Tensor(name, tensor.as_numpy()))
+                    inputs.append(tensor)
             num_input = int(pb_utils.get_input_tensor_by_name(request, "input_lengths").as_numpy().reshape(-1)[0])
             streaming = pb_utils.get_input_tensor_by_name(request, "streaming")
             streaming = bool(streaming.as_numpy().reshape(-1)[0]) if streaming is not None else False
