@@ -1,5 +1,6 @@
 """SourceWeights.read: per-tensor copy-on-write mappings equal the bytes on disk, are private, and the
 unaligned fallback (preadv into a buffer) reads the same bytes; pieces_for_rank concatenates to the rank tensor."""
+import pytest
 import torch
 from safetensors import safe_open
 
@@ -95,3 +96,43 @@ def test_row_split_pieces_are_gather_written_byte_exact(tmp_path, monkeypatch):
     with safe_open(str(tmp_path / "ours.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor("a"), piece) and torch.equal(f.get_tensor("b"), full[::2])
     assert hashlib.sha256(ours).hexdigest() == digest
+
+
+@pytest.mark.parametrize("budget", [1, 1 << 40])  # lock-step per tensor / writers run freely
+def test_in_flight_budget_never_changes_the_bytes(tmp_path, convert_source, converted, monkeypatch, budget):
+    import json
+
+    from nemo_trt.build.convert import converter as conv
+    from nemo_trt.build.convert import convert_checkpoint
+
+    monkeypatch.setattr(conv, "IN_FLIGHT_BYTES", budget)
+    monkeypatch.setattr(conv, "ROW_CHUNK_BYTES", 7 * 96)  # many chunks in flight at once
+    out = convert_checkpoint(convert_source, tmp_path / "out", tp=2, progress=False)
+    reference = json.loads((converted(2) / "manifest.json").read_text())["files"]
+    assert out.files == {n: f["sha256"] for n, f in reference.items()}
+
+
+def test_in_flight_waits_for_the_oldest_marks():
+    from nemo_trt.build.convert import converter as conv
+
+    class Writer:
+        def __init__(self):
+            self.events = []
+
+        def mark(self):
+            import threading
+            self.events.append(threading.Event())
+            return self.events[-1]
+
+        def check(self):
+            pass
+
+    w = Writer()
+    f = conv.InFlight([w])
+    f.admit(conv.IN_FLIGHT_BYTES // 2)
+    f.queued(conv.IN_FLIGHT_BYTES // 2)
+    f.admit(conv.IN_FLIGHT_BYTES // 2)  # fits: no wait
+    f.queued(conv.IN_FLIGHT_BYTES // 2)
+    w.events[0].set()
+    f.admit(1)  # over budget: waits for the oldest (already written) and frees its bytes
+    assert f.bytes == conv.IN_FLIGHT_BYTES // 2 and len(f.pending) == 1

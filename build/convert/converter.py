@@ -3,7 +3,7 @@
 Work is split into jobs of (PP stage, some TP ranks). A job reads each source tensor of its
 stage once (in file order), cuts every rank's piece (`weight_map.pieces_for_rank`), quantizes
 it when asked, and appends it to that rank's open file (`writer.StreamingSafetensorsWriter`).
-Peak memory is a source tensor plus a rank piece, whatever the number of layers. With
+Peak memory is bounded by the bytes in flight to the writers (`InFlight`), whatever the number of layers. With
 `workers > 1` jobs run in spawned processes (TP ranks of a stage split across them).
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,7 +22,7 @@ from nemo_trt.build.convert import fp8
 from nemo_trt.build.convert.mapping import RankMapping, rank_of
 from nemo_trt.build.convert.weight_map import Rule, hf_module, pieces_for_rank, rank_rules
 from nemo_trt.build.convert.writer import Entry, StreamingSafetensorsWriter, disk_error
-from nemo_trt.build.hf_checkpoint import DTYPES
+from nemo_trt.build.hf_checkpoint import DTYPES, TORCH_TO_ST
 
 DTYPE_OF_ST = {name: dt for name, (dt, _) in DTYPES.items()}
 from nemo_trt.build.convert.trtllm_config import rank_file
@@ -138,11 +139,16 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
     writers = {r: StreamingSafetensorsWriter(Path(job.out_dir) / rank_file(rank_of(r, job.pp_rank, job.tp)), all_entries,
                                              threaded=bool(threaded))
                for r in job.tp_ranks}
+    inflight = InFlight(list(writers.values()))
     try:
         for rule, _ in layout:
             if streams_by_rows(rule, src, job.quant):
-                copy_rows(rule, src, job, writers, report)
+                copy_rows(rule, src, job, writers, report, inflight)
                 continue
+            held = sum(src.nbytes(n) for n in rule.sources)
+            if any(src.ckpt.tensors[n].dtype != TORCH_TO_ST[weight_dtype(rule, job.quant)] for n in rule.sources):
+                held *= 2  # cast / quantized pieces are new tensors next to the source
+            inflight.admit(held)
             for r, tensors in produce(rule, src, job.quant, job.tp, job.tp_ranks):
                 part = None
                 for name, t in tensors:
@@ -155,8 +161,7 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
                         report(sum(p.numel() * p.element_size() for p in (t if isinstance(t, list) else [t])))
                 # pieces are views of the source tensor: drop every reference before the next read
                 tensors = t = part = None  # noqa: F841
-            for w in writers.values():  # one rule in flight: memory stays one source tensor + its pieces
-                w.flush()
+            inflight.queued(held)
         return {w.path.name: w.close() for w in writers.values()}
     finally:
         for w in writers.values():
@@ -164,6 +169,36 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
 
 
 ROW_CHUNK_BYTES = 64 * 1024 * 1024
+IN_FLIGHT_BYTES = 512 * 1024 * 1024
+
+
+class InFlight:
+    """Source tensors queued to the rank writers and not yet written (they pin their memory).
+
+    The reader runs ahead of the writers by at most IN_FLIGHT_BYTES (or one tensor, if larger), so
+    a rank writer that finishes a tensor early starts the next instead of waiting for the other
+    ranks, while peak memory stays max(largest tensor, IN_FLIGHT_BYTES), whatever the layer count.
+    """
+
+    def __init__(self, writers: list[StreamingSafetensorsWriter]):
+        self.writers = writers
+        self.pending: deque[tuple[list, int]] = deque()
+        self.bytes = 0
+
+    def admit(self, nbytes: int) -> None:
+        """Wait until `nbytes` more may be read."""
+        while self.pending and self.bytes + nbytes > IN_FLIGHT_BYTES:
+            events, n = self.pending.popleft()
+            for ev in events:
+                ev.wait()
+            self.bytes -= n
+        for w in self.writers:
+            w.check()
+
+    def queued(self, nbytes: int) -> None:
+        """`nbytes` were handed to every writer (the caller dropped its own references)."""
+        self.pending.append(([w.mark() for w in self.writers], nbytes))
+        self.bytes += nbytes
 
 
 def streams_by_rows(rule: Rule, src, q: QuantSettings) -> bool:
@@ -181,7 +216,8 @@ def streams_by_rows(rule: Rule, src, q: QuantSettings) -> bool:
         DTYPE_OF_ST.get(info.dtype) == q.torch_dtype
 
 
-def copy_rows(rule: Rule, src, job: Job, writers: dict, report: Callable[[int], None] | None) -> None:
+def copy_rows(rule: Rule, src, job: Job, writers: dict, report: Callable[[int], None] | None,
+              inflight: InFlight) -> None:
     from nemo_trt.build.convert.weight_map import Split
 
     name = rule.sources[0]
@@ -193,6 +229,8 @@ def copy_rows(rule: Rule, src, job: Job, writers: dict, report: Callable[[int], 
     spans = {r: (0, total_rows) if rule.split is Split.REPLICATE else (r * per_rank, (r + 1) * per_rank)
              for r in job.tp_ranks}
     for offset in range(0, per_rank, step):
+        held = step * row_bytes * (1 if rule.split is Split.REPLICATE else len(job.tp_ranks))
+        inflight.admit(held)
         if rule.split is Split.REPLICATE:  # one read serves every rank
             chunk = src.read(name, (offset, min(offset + step, total_rows)))
             for r in job.tp_ranks:
@@ -209,8 +247,7 @@ def copy_rows(rule: Rule, src, job: Job, writers: dict, report: Callable[[int], 
         if report:
             report(chunk.numel() * chunk.element_size() * len(job.tp_ranks))
         chunk = None  # noqa: F841
-        for w in writers.values():
-            w.flush()
+        inflight.queued(held)
 
 
 def _run_job_in_worker(job: Job, queue) -> dict[str, str]:

@@ -131,6 +131,10 @@ class SourceWeights:
                                f"check {info.shard} is readable") from exc
         return buf.view(dtype).reshape(shape)
 
+    def nbytes(self, name: str) -> int:
+        begin, end = self._offsets[name]
+        return end - begin
+
     def is_fp8(self, name: str) -> bool:
         return self.ckpt.tensors[name].dtype.startswith("F8")
 

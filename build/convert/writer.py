@@ -8,9 +8,9 @@ read, so the header is written first and the tensors are appended in order. The
 file's sha256 is computed on the fly (for manifest.json).
 
 With `threaded=True` the bytes are written and hashed by a thread of this writer
-(`write` queues, `flush` waits): file writes and sha256 release the GIL, so the TP
-rank files of a stage are written and hashed in parallel. Callers `flush` after each
-tensor group, which keeps memory bounded to that group.
+(`write` queues, `flush` waits, `mark` returns an event set when what was queued before it
+is written): file writes and sha256 release the GIL, so the TP rank files of a stage are
+written and hashed in parallel. The caller bounds the bytes in flight with `mark` events.
 """
 from __future__ import annotations
 
@@ -150,13 +150,29 @@ class StreamingSafetensorsWriter:
             try:
                 if item is None:
                     return
-                if self._error is None:
+                if isinstance(item, threading.Event):  # a mark(): everything queued before it is written
+                    item.set()
+                elif self._error is None:
                     self._write_tensor(item)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller in flush()
                 self._error = exc
             finally:
                 item = None  # release the tensor before blocking on the next one
                 self._queue.task_done()  # type: ignore[union-attr]
+
+    def mark(self) -> threading.Event:
+        """An event set once every tensor queued so far has been written (or failed: see `check`)."""
+        ev = threading.Event()
+        if self._queue is None:
+            ev.set()
+        else:
+            self._queue.put(ev)
+        return ev
+
+    def check(self) -> None:
+        """Re-raise a write error of the writer thread, if any."""
+        if self._error is not None:
+            raise self._error
 
     def flush(self) -> None:
         """Wait until every queued tensor is on its way to disk; re-raise a write error here."""
