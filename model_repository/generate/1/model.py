@@ -10,6 +10,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
+from nemo_trt.serve.cancel_check import CancelCheck
 from nemo_trt.serve.postprocess import TextDelta, TextStream
 from nemo_trt.serve.triton_params import model_parameters, required, resolve_path
 from nemo_trt.serve.workers import Workers
@@ -68,9 +69,10 @@ class TritonPythonModel:
                 request_id=request.request_id())
             stream = TextStream(self.tokenizer)
             tokens: list[int] = []
+            cancelled = CancelCheck(sender.is_cancelled)  # not a server round trip per token
             responses = llm_request.exec(decoupled=True)
             for response in responses:
-                if sender.is_cancelled():
+                if cancelled():
                     if hasattr(responses, "cancel"):
                         responses.cancel()
                     sender.send(flags=FINAL)
