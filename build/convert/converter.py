@@ -141,13 +141,14 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
                for r in job.tp_ranks}
     inflight = InFlight(list(writers.values()))
     try:
-        for rule, _ in layout:
+        for rule, entries in layout:
             if streams_by_rows(rule, src, job.quant):
                 copy_rows(rule, src, job, writers, report, inflight)
                 continue
             held = sum(src.nbytes(n) for n in rule.sources)
-            if any(src.ckpt.tensors[n].dtype != TORCH_TO_ST[weight_dtype(rule, job.quant)] for n in rule.sources):
-                held *= 2  # cast / quantized pieces are new tensors next to the source
+            if src.is_fp8(rule.sources[0]) or any(src.ckpt.tensors[n].dtype != TORCH_TO_ST[weight_dtype(rule, job.quant)]
+                                                  for n in rule.sources):
+                held += sum(e.nbytes for e in entries) * len(job.tp_ranks)  # cast / (re)quantized pieces are new tensors
             inflight.admit(held)
             for r, tensors in produce(rule, src, job.quant, job.tp, job.tp_ranks):
                 part = None
