@@ -123,7 +123,7 @@ class SourceWeights:
             with open(path, "rb", buffering=0) as fh:
                 if os.fstat(fh.fileno()).st_size < start + (end - begin):
                     raise NemoTrtError(f"{path} ended while reading {name!r}", f"re-download {info.shard}; it is truncated")
-                buf = _map(fh, start, end - begin, torch.empty((), dtype=dtype).element_size())
+                buf = _map(fh, start, end - begin, dtype.itemsize)
                 if buf is None:
                     buf = _read(fh, start, end - begin, path, name, info.shard)
         except OSError as exc:

@@ -46,7 +46,7 @@ class Entry:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize  # no tensor per call: called for every entry of every rank
 
 
 def disk_error(path: Path, exc: OSError) -> NemoTrtError:
