@@ -38,11 +38,11 @@ from nemo_trt.build.engine_manifest import (
     rank_engine_files,
     runtime_tensorrt_version,
     runtime_trtllm_version,
-    sha256_file,
     write_engine_manifest,
 )
 from nemo_trt.build.trtllm_target import TrtllmTarget, load_target
 from nemo_trt.errors import NemoTrtError
+from nemo_trt.hashing import sha256_file
 
 TRTLLM_BUILD_ENV = "NEMO_TRT_TRTLLM_BUILD"  # path of the trtllm-build executable to run (tests: a stand-in)
 

@@ -12,7 +12,6 @@ MPI and prints banners); the installed version comes from package metadata.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -54,13 +53,6 @@ class EngineManifest(BaseModel):
     engines: list[EngineFile] = Field(default_factory=list)
     config_sha256: str | None = None
 
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def rank_engine_files(engine_dir: Path) -> list[Path]:

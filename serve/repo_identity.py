@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_trt import __version__
+from nemo_trt.hashing import sha256_file
 
 IDENTITY_PARAMETER = "nemo_trt_repository"
 IDENTITY_FORMAT = "nemo-trt-repository-identity/1"
@@ -30,13 +31,6 @@ def digest(data: Any) -> str:
     """sha256 of canonical JSON (sorted keys, no whitespace)."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_argv_digest(argv: list[str]) -> str | None:

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from nemo_trt.build.engine import Toolchain
-from nemo_trt.build.engine_manifest import check_runtime_compat, read_engine_manifest, sha256_file
+from nemo_trt.build.engine_manifest import check_runtime_compat, read_engine_manifest
+from nemo_trt.hashing import sha256_file
 from nemo_trt.build.gpu_detect import DetectedGpu
 from nemo_trt.build.pipeline import BuildRequest, prepare, preflight, run_build
 from nemo_trt.build.trtllm_target import load_target

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from nemo_trt.build.convert import convert_checkpoint, verify_checkpoint
-from nemo_trt.build.convert.manifest import sha256_file
+from nemo_trt.hashing import sha256_file
 from nemo_trt.build.convert.writer import Entry, StreamingSafetensorsWriter
 from nemo_trt.cli import main
 

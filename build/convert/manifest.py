@@ -7,12 +7,12 @@ temporary directory, so a directory that has one is complete.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from nemo_trt import __version__
 from nemo_trt.errors import NemoTrtError
+from nemo_trt.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "nemo-trt/trtllm-checkpoint/1"
@@ -21,13 +21,6 @@ FORMAT = "nemo-trt/trtllm-checkpoint/1"
 def make_inputs(fingerprint: dict, plan: dict) -> dict:
     return {"format": FORMAT, "tool_version": __version__, "source": fingerprint, "plan": plan}
 
-
-def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_manifest(directory: Path, inputs: dict, files: dict[str, str], extra: dict | None = None) -> None:
