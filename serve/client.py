@@ -199,27 +199,31 @@ def _grpc_client(url: str):
     return grpcclient.InferenceServerClient(url=url)
 
 
-def _explain_unavailable(client, url: str, model: str, protocol: Protocol, cause: Exception) -> NemoTrtError:
-    """Turn a failed call into 'server down' / 'model not ready' when that is the cause."""
+def _probe(check) -> bool:
     try:
-        live = client.is_server_live()
-    except Exception:  # noqa: BLE001 - any failure here means we cannot reach it
-        live = False
-    if not live:
+        return bool(check())
+    except Exception:  # noqa: BLE001 - any failure here means the answer is "no"
+        return False
+
+
+def _unavailable_or(cause: Exception, *, url: str, model: str, protocol: Protocol, live, ready) -> NemoTrtError:
+    """Turn a failed call into 'server down' / 'model not ready' when that is the cause."""
+    if not _probe(live):
         return ServerUnavailable(
             f"cannot reach Triton over {protocol} at {url}: {cause}",
             "start it with `nemo-trt serve --repo REPO` or pass the right --url/--protocol",
         )
-    try:
-        ready = client.is_model_ready(model)
-    except Exception:  # noqa: BLE001
-        ready = False
-    if not ready:
+    if not _probe(ready):
         return ServerUnavailable(
             f"model {model!r} is not ready on the Triton server at {url}",
             "check the server log for load errors, or wait until `/v2/health/ready` answers 200",
         )
     return GenerateError(f"request failed: {cause}")
+
+
+def _explain_unavailable(client, url: str, model: str, protocol: Protocol, cause: Exception) -> NemoTrtError:
+    return _unavailable_or(cause, url=url, model=model, protocol=protocol,
+                           live=client.is_server_live, ready=lambda: client.is_model_ready(model))
 
 
 def _grpc_stream(url: str, request: GenerateRequest, stream: bool, timeout: float) -> Iterator[Delta]:
@@ -294,27 +298,12 @@ def _classify_error(client, url: str, model: str, error: Exception) -> NemoTrtEr
 def _http_check(url: str, model: str, cause: Exception) -> NemoTrtError:
     import urllib.request
 
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/live", timeout=5) as response:
-            live = response.status == 200
-    except Exception:  # noqa: BLE001
-        live = False
-    if not live:
-        return ServerUnavailable(
-            f"cannot reach Triton over http at {url}: {cause}",
-            "start it with `nemo-trt serve --repo REPO` or pass the right --url/--protocol",
-        )
-    try:
-        with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=5) as response:
-            ready = response.status == 200
-    except Exception:  # noqa: BLE001
-        ready = False
-    if not ready:
-        return ServerUnavailable(
-            f"model {model!r} is not ready on the Triton server at {url}",
-            "check the server log for load errors, or wait until `/v2/health/ready` answers 200",
-        )
-    return GenerateError(f"request failed: {cause}")
+    def ok(path: str) -> bool:
+        with urllib.request.urlopen(f"{url}{path}", timeout=5) as response:
+            return response.status == 200
+
+    return _unavailable_or(cause, url=url, model=model, protocol="http",
+                           live=lambda: ok("/v2/health/live"), ready=lambda: ok(f"/v2/models/{model}/ready"))
 
 
 def _http_stream(url: str, request: GenerateRequest, stream: bool, timeout: float) -> Iterator[Delta]:
