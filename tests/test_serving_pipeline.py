@@ -179,6 +179,30 @@ def test_messages_and_injection(server):
     assert ids == [128000, 128006, 128007, 128009, 128006, 128007, 128009, 128006, 128007]
 
 
+def test_tools_and_continue_final_reach_preprocessing(server):
+    """The ensemble's `tools` and `continue_final` inputs (used by the OpenAI gateway)."""
+    chat = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": "PARAMS"}, {"role": "assistant", "content": "<think>\nabc\n</think>\n\n"}]
+    outputs, error = _call(server, messages=json.dumps(chat), continue_final=True, max_tokens=400)
+    assert error is None, error
+    prompt = json.loads("".join(_texts(outputs, "text_output")))["prompt"]
+    # continued as is: the assistant turn is open (no <|eot_id|>), its reasoning kept
+    assert prompt.endswith("PARAMS<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+                           "<think>\nabc\n</think>\n\n")
+    _, error = _call(server, messages=json.dumps(chat), max_tokens=40)
+    assert error is not None and "last message must be a user" in str(error)
+    # tools reach the prompt renderer: checked, then rendered (the card's prompt is too long
+    # for this fixture's 80-token input limit, which says the tool block was rendered)
+    user = json.dumps([{"role": "user", "content": "hi"}])
+    _, error = _call(server, messages=user, tools="[{\"type\": \"retrieval\"}]", max_tokens=40)
+    assert error is not None and "only 'function' tools" in str(error)
+    tools = json.dumps([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+    _, error = _call(server, messages=user, tools=tools, max_tokens=40)
+    assert error is not None and "longer than this engine's max input length" in str(error)
+    _, error = _call(server, text_input="hi", tools=tools, max_tokens=40)
+    assert error is not None and "send messages, not text_input" in str(error)
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"text_input": "word " * 200}, "longer than this engine's max input length"),
     ({"text_input": "hi", "max_tokens": 0}, "max_tokens must be >= 1"),

@@ -10,6 +10,7 @@ from nemo_trt.serve.triton_params import model_parameters, required, resolve_pat
 
 _SCALARS = {  # request field <- input tensor
     "text_input": "QUERY", "messages": "MESSAGES", "reasoning": "REASONING", "max_tokens": "REQUEST_OUTPUT_LEN",
+    "tools": "TOOLS", "continue_final": "CONTINUE_FINAL",
     "end_id": "END_ID", "pad_id": "PAD_ID", "temperature": "TEMPERATURE", "top_p": "TOP_P", "top_k": "TOP_K",
     "stream": "STREAM", "exclude_input_in_output": "EXCLUDE_INPUT_IN_OUTPUT", "beam_width": "BEAM_WIDTH",
     "num_return_sequences": "NUM_RETURN_SEQUENCES", "min_tokens": "MIN_TOKENS", "min_length": "MIN_LENGTH",
