@@ -1,0 +1,332 @@
+"""The gateway's only way into Triton: tritonclient's asyncio gRPC stream to the `ensemble`.
+
+One bidirectional stream call per request on a shared channel (HTTP/2 multiplexes them).
+The ensemble is decoupled, so even a non-streamed generation goes through the stream API
+(`stream=false` makes it answer once); its end is the `triton_final_response` parameter,
+which the nemo-trt ensemble sends together with the last data response (the aio API has
+no opt-in for empty final responses; openai-gateway.md §9). Closing the iterator early
+cancels the gRPC call, which cancels the request inside Triton (generate checks it).
+
+Only the outputs the gateway reads are requested, and they are read straight from the
+response's raw contents (one element each): no numpy round trip per streamed token.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ENSEMBLE = "ensemble"
+PREPROCESSING = "preprocessing"
+
+
+class UpstreamError(Exception):
+    """kind: unavailable (Triton down), not_ready (model not loaded), rejected (the ensemble
+    refused the request: the client's input), failed (a model failed)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass
+class UpstreamRequest:
+    """One generation as the ensemble takes it (only what is set is sent)."""
+
+    messages: list[dict[str, Any]]
+    reasoning: str | None = None
+    tools: str | None = None  # OpenAI tools JSON
+    continue_final: bool = False
+    max_tokens: int | None = None
+    stream: bool = True
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    stop_words: list[str] = field(default_factory=list)
+    return_log_probs: bool = False
+    want_ids: bool = False
+    request_id: str = ""
+
+    def tensors(self) -> list[tuple[str, str, np.ndarray]]:
+        """(input name, Triton datatype, value with its batch dimension)."""
+        out: list[tuple[str, str, np.ndarray]] = []
+
+        def text(name: str, value: str) -> None:
+            out.append((name, "BYTES", np.array([[value.encode("utf-8")]], dtype=object)))
+
+        def number(name: str, value: Any, dtype: Any, triton: str) -> None:
+            out.append((name, triton, np.array([[value]], dtype=dtype)))
+
+        text("messages", json.dumps(self.messages, ensure_ascii=False))
+        number("stream", self.stream, bool, "BOOL")
+        if self.reasoning is not None:
+            text("reasoning", self.reasoning)
+        if self.tools is not None:
+            text("tools", self.tools)
+        if self.continue_final:
+            number("continue_final", True, bool, "BOOL")
+        if self.max_tokens is not None:
+            number("max_tokens", self.max_tokens, np.int32, "INT32")
+        for name, value in (("temperature", self.temperature), ("top_p", self.top_p),
+                            ("presence_penalty", self.presence_penalty),
+                            ("frequency_penalty", self.frequency_penalty),
+                            ("repetition_penalty", self.repetition_penalty)):
+            if value is not None:
+                number(name, value, np.float32, "FP32")
+        if self.top_k is not None:
+            number("top_k", self.top_k, np.int32, "INT32")
+        if self.min_tokens is not None:
+            number("min_tokens", self.min_tokens, np.int32, "INT32")
+        if self.seed is not None:
+            number("seed", self.seed, np.uint64, "UINT64")
+        if self.stop_words:
+            out.append(("stop_words", "BYTES",
+                        np.array([[w.encode("utf-8") for w in self.stop_words]], dtype=object)))
+        if self.return_log_probs:
+            number("return_log_probs", True, bool, "BOOL")
+        return out
+
+    def outputs(self) -> list[str]:
+        names = ["text_output", "num_output_tokens", "num_input_tokens"]
+        if self.want_ids or self.return_log_probs:
+            names.append("output_ids")
+        if self.return_log_probs:
+            names.append("output_log_probs")
+        return names
+
+
+@dataclass(slots=True)
+class UpstreamDelta:
+    text: str
+    num_output_tokens: int | None  # cumulative for this request
+    num_input_tokens: int | None
+    token_ids: list[int] | None
+    log_probs: list[float] | None
+    final: bool
+
+
+def _bytes_element(raw: bytes) -> str:
+    """First element of a serialized BYTES tensor (4-byte little-endian length + data)."""
+    if len(raw) < 4:
+        return ""
+    (size,) = struct.unpack_from("<I", raw, 0)
+    return raw[4:4 + size].decode("utf-8", errors="replace")
+
+
+def parse_response(response: Any) -> UpstreamDelta:
+    """A ModelInferResponse protobuf -> UpstreamDelta (raw contents, no numpy for text)."""
+    values: dict[str, bytes] = {}
+    for index, output in enumerate(response.outputs):
+        if index < len(response.raw_output_contents):
+            values[output.name] = response.raw_output_contents[index]
+    final = response.parameters.get("triton_final_response")
+
+    def integer(name: str) -> int | None:
+        raw = values.get(name)
+        return struct.unpack_from("<i", raw, 0)[0] if raw and len(raw) >= 4 else None
+
+    ids = values.get("output_ids")
+    log_probs = values.get("output_log_probs")
+    return UpstreamDelta(
+        text=_bytes_element(values["text_output"]) if "text_output" in values else "",
+        num_output_tokens=integer("num_output_tokens"),
+        num_input_tokens=integer("num_input_tokens"),
+        token_ids=np.frombuffer(ids, dtype=np.int32).tolist() if ids is not None else None,
+        log_probs=np.frombuffer(log_probs, dtype=np.float32).tolist() if log_probs is not None else None,
+        final=bool(final.bool_param) if final is not None else False,
+    )
+
+
+def classify(message: str) -> UpstreamError:
+    """An error Triton sent for a request -> what the client is told."""
+    lower = message.lower()
+    if "unavailable" in lower or "failed to connect" in lower or "socket closed" in lower or \
+            "connection refused" in lower:
+        return UpstreamError("unavailable", message)
+    if "is not ready" in lower or "unknown model" in lower or "not found" in lower and "model" in lower:
+        return UpstreamError("not_ready", message)
+    # nemo-trt's Python models prefix failures that are theirs (not the request's)
+    if "failed: " in lower and any(p in lower for p in ("preprocessing failed", "generate failed",
+                                                         "postprocessing failed", "traceback")):
+        return UpstreamError("failed", message)
+    return UpstreamError("rejected", message)
+
+
+class TritonUpstream:
+    """Shared gRPC channel(s) to one Triton server; create inside the running event loop."""
+
+    def __init__(self, url: str, model: str = ENSEMBLE, channels: int = 1):
+        import tritonclient.grpc.aio as grpcaio
+
+        self.url = url
+        self.model = model
+        self._clients = [grpcaio.InferenceServerClient(url) for _ in range(max(1, channels))]
+        self._next = 0
+
+    def _client(self):  # noqa: ANN202 - tritonclient has no type hints
+        self._next = (self._next + 1) % len(self._clients)
+        return self._clients[self._next]
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+    # -- health and metadata --------------------------------------------------
+    async def ready(self, timeout: float = 2.0) -> bool:
+        client = self._clients[0]
+        try:
+            return bool(await client.is_server_ready(client_timeout=timeout)) and \
+                bool(await client.is_model_ready(self.model, client_timeout=timeout))
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+
+    async def live(self, timeout: float = 2.0) -> bool:
+        try:
+            return bool(await self._clients[0].is_server_live(client_timeout=timeout))
+        except Exception:  # noqa: BLE001
+            return False
+
+    async def model_config(self, name: str, timeout: float = 5.0) -> dict[str, Any]:
+        response = await self._clients[0].get_model_config(name, as_json=True, client_timeout=timeout)
+        return response.get("config", response)
+
+    # -- generation -----------------------------------------------------------
+    async def generate(self, request: UpstreamRequest, timeout: float | None = None) -> AsyncIterator[UpstreamDelta]:
+        """Deltas of one generation; leaving the loop early cancels it inside Triton."""
+        import grpc
+        import tritonclient.grpc as grpcclient
+
+        inputs = []
+        for name, datatype, value in request.tensors():
+            tensor = grpcclient.InferInput(name, list(value.shape), datatype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        outputs = [grpcclient.InferRequestedOutput(name) for name in request.outputs()]
+        body = {"model_name": self.model, "inputs": inputs, "outputs": outputs, "request_id": request.request_id}
+        sent = asyncio.Event()
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield body
+            sent.set()
+
+        call = self._client().stream_infer(requests(), stream_timeout=timeout)
+        finished = False
+        try:
+            while True:
+                try:
+                    result, error = await call.__anext__()
+                except StopAsyncIteration:
+                    finished = True
+                    if not sent.is_set():
+                        raise UpstreamError("unavailable", f"Triton at {self.url} closed the stream") from None
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    finished = True
+                    code = exc.code()
+                    if code == grpc.StatusCode.UNAVAILABLE:
+                        raise UpstreamError("unavailable", f"Triton at {self.url} is unavailable: "
+                                                           f"{exc.details()}") from None
+                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise UpstreamError("failed", f"no answer from Triton within {timeout} s") from None
+                    if code == grpc.StatusCode.CANCELLED:
+                        return
+                    raise classify(f"{code.name}: {exc.details()}") from None
+                if error is not None:
+                    finished = True
+                    raise classify(str(error.message() if hasattr(error, "message") else error))
+                delta = parse_response(result.get_response())
+                if delta.final:
+                    finished = True
+                yield delta
+                if delta.final:
+                    return
+        finally:
+            if not finished:
+                call.cancel()
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the gateway learns about the model repository through Triton's config API."""
+
+    max_input_len: int | None = None
+    max_seq_len: int | None = None
+    default_max_tokens: int | None = None
+    default_reasoning: str | None = None
+    serving_model: str | None = None
+    inputs: frozenset[str] = frozenset()
+    outputs: frozenset[str] = frozenset()
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def supports_tools(self) -> bool:
+        return "tools" in self.inputs and "continue_final" in self.inputs
+
+    @property
+    def supports_logprobs(self) -> bool:
+        return "output_log_probs" in self.outputs and "return_log_probs" in self.inputs
+
+    @property
+    def fingerprint(self) -> str | None:
+        engine = self.identity.get("engine_id")
+        return f"nemo-trt-{engine}" if engine else None
+
+    def completion_cap(self, prompt_tokens: int | None, requested: int | None) -> int | None:
+        """The most tokens this request may generate (what preprocessing allows)."""
+        if requested is not None:
+            return requested
+        if self.default_max_tokens is None or self.max_seq_len is None or prompt_tokens is None:
+            return None
+        return min(self.default_max_tokens, self.max_seq_len - prompt_tokens)
+
+
+def _params(config: dict[str, Any]) -> dict[str, str]:
+    return {k: v.get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
+
+
+def deployment_from_configs(ensemble: dict[str, Any], preprocessing: dict[str, Any] | None) -> Deployment:
+    params = _params(preprocessing or {})
+
+    def number(name: str) -> int | None:
+        try:
+            return int(params[name])
+        except (KeyError, ValueError):
+            return None
+
+    identity: dict[str, Any] = {}
+    raw = _params(ensemble).get("nemo_trt_repository")
+    if raw:
+        try:
+            identity = json.loads(raw)
+        except ValueError:
+            identity = {}
+    return Deployment(
+        max_input_len=number("max_input_len"),
+        max_seq_len=number("max_seq_len"),
+        default_max_tokens=number("default_max_tokens"),
+        default_reasoning=params.get("default_reasoning") or None,
+        serving_model=params.get("serving_model") or None,
+        inputs=frozenset(i["name"] for i in ensemble.get("input", [])),
+        outputs=frozenset(o["name"] for o in ensemble.get("output", [])),
+        identity=identity,
+    )
+
+
+async def load_deployment(upstream: TritonUpstream) -> Deployment:
+    ensemble = await upstream.model_config(upstream.model)
+    try:
+        preprocessing: dict[str, Any] | None = await upstream.model_config(PREPROCESSING)
+    except Exception:  # noqa: BLE001 - another ensemble layout: limits stay unknown
+        preprocessing = None
+    return deployment_from_configs(ensemble, preprocessing)
