@@ -7,7 +7,10 @@ ready), GET /metrics (and /v1/metrics, NIM's path). Every error is an OpenAI err
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -100,17 +103,23 @@ async def _no_receive() -> Message:  # pragma: no cover - JSONResponse never rea
     return {"type": "http.disconnect"}
 
 
-def create_app(config: GatewayConfig) -> FastAPI:
+@lru_cache(maxsize=4)
+def load_tokenizer(directory: str) -> Tokenizer:
+    """The served tokenizer (read-only here: decoding and counting; cached per path)."""
+    return Tokenizer.from_file(str(Path(directory) / "tokenizer.json"))
+
+
+def create_app(config: GatewayConfig, upstream_factory: Callable[[], TritonUpstream] | None = None) -> FastAPI:
+    """`upstream_factory` (tests): builds the upstream inside the server's event loop."""
     metrics = GatewayMetrics(config.served_model_name or DEFAULT_MODEL, config.max_inflight)
-    tokenizer = None
-    if config.tokenizer_dir is not None:
-        tokenizer = Tokenizer.from_file(str(config.tokenizer_dir / "tokenizer.json"))
+    tokenizer = load_tokenizer(str(config.tokenizer_dir)) if config.tokenizer_dir is not None else None
     state = GatewayState(config=config, metrics=metrics, auth=ApiKeyAuth.from_env(config.api_key),
                          tokenizer=tokenizer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.upstream = TritonUpstream(config.triton_url, config.model, config.channels)
+        state.upstream = upstream_factory() if upstream_factory is not None else \
+            TritonUpstream(config.triton_url, config.model, config.channels)
         try:
             await state.ensure_deployment()
         except OpenAIError as exc:

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from nemo_trt.errors import NemoTrtError
 from nemo_trt.serve.openai.serving import GatewayConfig
@@ -31,14 +32,14 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(config: GatewayConfig, log_level: str, access_log: bool):  # noqa: ANN202
+def _uvicorn_config(config: GatewayConfig, log_level: str, access_log: bool, upstream_factory=None):  # noqa: ANN001, ANN202
     import uvicorn
 
     from nemo_trt.serve.openai.app import create_app
 
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return uvicorn.Config(create_app(config), loop=loop, http=http, log_level=log_level, access_log=access_log,
+    return uvicorn.Config(create_app(config, upstream_factory), loop=loop, http=http, log_level=log_level, access_log=access_log,
                           timeout_graceful_shutdown=5, lifespan="on")
 
 
@@ -56,6 +57,7 @@ class GatewayThread:
     port: int = 0
     log_level: str = "warning"
     access_log: bool = False
+    upstream_factory: Any = None  # tests: a stand-in for Triton
 
     def __post_init__(self) -> None:
         self._server = None
@@ -70,7 +72,8 @@ class GatewayThread:
 
         sock = bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(_uvicorn_config(self.config, self.log_level, self.access_log))
+        self._server = uvicorn.Server(_uvicorn_config(self.config, self.log_level, self.access_log,
+                                                      self.upstream_factory))
         server = self._server
         self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="nemo-trt-openai",
                                         daemon=True)

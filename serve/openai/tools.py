@@ -157,6 +157,7 @@ class ToolCallStream:
         self.calls: list[ParsedCall] = []
         self._state = "text"
         self._pending = ""  # text state: held back (possible tag start, whitespace run)
+        self._after_block = False
         self._block_reset()
 
     def _block_reset(self) -> None:
@@ -193,6 +194,9 @@ class ToolCallStream:
         while True:
             if self._state == "text":
                 buf = self._pending + text
+                if self._after_block:  # whitespace between a call and more text is dropped
+                    buf = buf.lstrip()
+                    self._after_block = not buf
                 index = buf.find(self.open_tag)
                 if index >= 0:
                     events.content += buf[:index].rstrip()  # whitespace right before a call is dropped
@@ -224,7 +228,7 @@ class ToolCallStream:
                 if index >= 0:
                     end = index + len(self.close_tag)
                     events.content += body[self._fallback_sent:end]
-                    self._leave_block()
+                    self._leave_block(as_text=True)
                     return body[end:]
                 keep = 0 if final else _partial_suffix(body, self.close_tag)
                 upto = max(self._fallback_sent, len(body) - keep)
@@ -374,8 +378,9 @@ class ToolCallStream:
         self._state = "text"
         self._block_reset()
 
-    def _leave_block(self) -> None:
+    def _leave_block(self, as_text: bool = False) -> None:
         self._state = "text"
+        self._after_block = not as_text  # a block that went out as text keeps what follows as is
         self._block_reset()
 
 

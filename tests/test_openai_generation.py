@@ -1,0 +1,186 @@
+"""One request's generation (nemo_trt.serve.openai.generation) against a scripted upstream.
+
+The upstream is tests/fixtures/fake_upstream.py: real tokenizer, one token per streamed
+delta, records what the gateway sent and which generations it cancelled. Covers the
+thinking budget's two legs, stop strings, reasoning token counts, finish reasons, tool
+calls with a forced start, log probs.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import jsonschema
+import pytest
+
+from fixtures.fake_upstream import TOKENIZER, FakeUpstream, last_user
+from nemo_trt.serve.openai.budget import ThinkingBudget
+from nemo_trt.serve.openai.generation import Generation, GenerationPlan
+from nemo_trt.serve.openai.tools import ToolPlan
+from nemo_trt.serve.openai.upstream import UpstreamRequest, deployment_from_configs
+
+THOUGHT = "The user asks for the capital of France. France is in Europe. Its capital is Paris, a big city."
+SCRIPT = f"<think>\n{THOUGHT}\n</think>\n\nThe capital of France is Paris."
+
+
+def deployment(upstream: FakeUpstream):
+    async def load():
+        return deployment_from_configs(await upstream.model_config("ensemble"),
+                                       await upstream.model_config("preprocessing"))
+    return asyncio.run(load())
+
+
+def run(upstream, tokenizer=TOKENIZER, **plan_kw):
+    request = plan_kw.pop("request", None) or UpstreamRequest(
+        messages=[{"role": "user", "content": "SCRIPT:" + SCRIPT}], reasoning=plan_kw.get("mode", "on"))
+    plan_kw.setdefault("mode", "on")
+    if "max_tokens" in plan_kw:
+        request.max_tokens = plan_kw["max_tokens"]
+    if "stop" in plan_kw:
+        request.stop_words = plan_kw["stop"]
+    plan = GenerationPlan(request=request, **plan_kw)
+    generation = Generation(upstream, plan, deployment(upstream), tokenizer)
+
+    async def go():
+        return [e async for e in generation.events()]
+
+    events = asyncio.run(go())
+    return generation, events
+
+
+def joined(events, name):
+    return "".join(getattr(e, name) for e in events)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("with_tokenizer", [True, False])
+def test_reasoning_split_and_counted(stream, with_tokenizer):
+    upstream = FakeUpstream()
+    generation, events = run(upstream, TOKENIZER if with_tokenizer else None, client_stream=stream)
+    assert joined(events, "reasoning") == THOUGHT
+    assert joined(events, "content") == "The capital of France is Paris."
+    assert joined(events, "text") == SCRIPT  # raw text, for /v1/completions
+    o = generation.outcome
+    ids = TOKENIZER.encode(SCRIPT, add_special_tokens=False).ids
+    assert o.completion_tokens == len(ids) and o.finish_reason == "stop" and o.prompt_tokens > 0
+    thought_tokens = next(k for k in range(len(ids) + 1) if "</think>" in TOKENIZER.decode(ids[:k]))
+    assert o.reasoning_tokens == thought_tokens
+    # upstream streaming only where needed: client streams, or nothing else can count the thought
+    assert upstream.requests[0].stream == (stream or not with_tokenizer)
+    if stream:
+        assert len(events) >= len(ids)  # one event per token
+
+
+def test_reasoning_off_counts_no_reasoning():
+    upstream = FakeUpstream(lambda r: "Paris.")
+    generation, events = run(upstream, mode="off", client_stream=True)
+    assert joined(events, "content") == "Paris." and generation.outcome.reasoning_tokens == 0
+    assert upstream.requests[0].reasoning == "off"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_budget_closes_the_thought_and_the_model_answers(stream):
+    def script(request):
+        if request.continue_final:  # the second leg: the model answers after the closed thought
+            assert request.messages[-1]["role"] == "assistant"
+            return "The capital of France is Paris."
+        return SCRIPT
+
+    upstream = FakeUpstream(script, interval=0.001)
+    generation, events = run(upstream, client_stream=stream, budget=ThinkingBudget(6))
+    first, second = upstream.requests
+    assert first.stream and upstream.cancelled == [first]  # leg 1 was cut: cancelled upstream
+    assert second.continue_final and second.stream == stream
+    prefix = second.messages[-1]["content"]
+    reasoning = joined(events, "reasoning")
+    assert prefix == f"<think>\n{reasoning}\n</think>\n\n"
+    assert THOUGHT.startswith(reasoning) and 0 < len(reasoning) < len(THOUGHT)
+    assert joined(events, "content") == "The capital of France is Paris."
+    o = generation.outcome
+    answer_tokens = len(TOKENIZER.encode("The capital of France is Paris.", add_special_tokens=False).ids)
+    assert o.budget_exhausted and o.reasoning_tokens == 6
+    assert o.completion_tokens == 6 + answer_tokens and o.finish_reason == "stop"
+    assert joined(events, "text").endswith("\n</think>\n\nThe capital of France is Paris.")
+
+
+def test_budget_not_reached_is_one_leg_and_zero_skips_the_thought():
+    upstream = FakeUpstream()
+    generation, events = run(upstream, client_stream=True, budget=ThinkingBudget(500))
+    assert len(upstream.requests) == 1 and not generation.outcome.budget_exhausted
+    upstream = FakeUpstream(lambda r: "Paris." if r.continue_final else SCRIPT)
+    generation, events = run(upstream, client_stream=True, budget=ThinkingBudget(0))
+    assert len(upstream.requests) == 1 and upstream.requests[0].continue_final
+    assert upstream.requests[0].messages[-1]["content"] == "<think>\n\n</think>\n\n"
+    assert joined(events, "reasoning") == "" and joined(events, "content") == "Paris."
+    assert generation.outcome.reasoning_tokens == 0 and generation.outcome.budget_exhausted
+
+
+def test_budget_leaves_room_for_the_answer_within_max_tokens():
+    upstream = FakeUpstream(lambda r: "The capital of France is Paris." if r.continue_final else SCRIPT)
+    generation, events = run(upstream, client_stream=True, budget=ThinkingBudget(10), max_tokens=14)
+    assert upstream.requests[1].max_tokens == 4  # 14 - 10 spent thinking
+    assert generation.outcome.completion_tokens == 14 and generation.outcome.finish_reason == "length"
+    upstream = FakeUpstream()
+    generation, _ = run(upstream, client_stream=True, budget=ThinkingBudget(10), max_tokens=10)
+    assert len(upstream.requests) == 1 and generation.outcome.finish_reason == "length"
+
+
+def test_budget_ignored_with_reasoning_off():
+    upstream = FakeUpstream(lambda r: "Paris.")
+    generation, _ = run(upstream, mode="off", client_stream=False, budget=ThinkingBudget(1))
+    assert len(upstream.requests) == 1 and not generation.outcome.budget_exhausted
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_stop_string_cuts_and_cancels(stream):
+    upstream = FakeUpstream(lambda r: "One. Two. Three. Four. Five. Six.", interval=0.001)
+    generation, events = run(upstream, mode="off", client_stream=stream, stop=["Three"])
+    assert joined(events, "content") == joined(events, "text") == "One. Two. "
+    assert generation.outcome.finish_reason == "stop"
+    assert upstream.requests[0].stop_words == ["Three"]  # also sent to Triton (stops on the GPU)
+    if stream:
+        assert upstream.cancelled == upstream.requests
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_length_finish_reason(stream):
+    upstream = FakeUpstream(lambda r: "word " * 50, default_max_tokens=20)
+    generation, _ = run(upstream, mode="off", client_stream=stream, max_tokens=5)
+    assert generation.outcome.completion_tokens == 5 and generation.outcome.finish_reason == "length"
+    generation, _ = run(upstream, mode="off", client_stream=stream)  # the deployment's default cap
+    assert generation.outcome.completion_tokens == 20 and generation.outcome.finish_reason == "length"
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_forced_tool_call_starts_the_turn(stream):
+    def script(request):
+        assert request.continue_final and request.messages[-1] == {"role": "assistant",
+                                                                    "content": "<TOOLCALL>[get_weather("}
+        return 'city="Paris")]</TOOLCALL>'
+
+    upstream = FakeUpstream(script)
+    request = UpstreamRequest(messages=[{"role": "user", "content": "weather?"}], reasoning="off")
+    generation, events = run(upstream, request=request, mode="off", client_stream=stream,
+                             tools=ToolPlan(parse=True, prefill="<TOOLCALL>[get_weather(", only="get_weather",
+                                            parallel=False),
+                             validators={"get_weather": jsonschema.Draft202012Validator(WEATHER)})
+    calls = [c for e in events for c in e.calls]
+    assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Paris"}')]
+    assert joined(events, "content") == "" and generation.outcome.finish_reason == "tool_calls"
+
+
+def test_log_probs_per_token():
+    upstream = FakeUpstream(lambda r: "Paris is big.", log_probs=True)
+    request = UpstreamRequest(messages=[{"role": "user", "content": "x"}], reasoning="off", return_log_probs=True)
+    _, events = run(upstream, request=request, mode="off", client_stream=True, logprobs=True)
+    entries = [lp for e in events for lp in e.logprobs]
+    assert "".join(t for t, _ in entries) == "Paris is big." and all(v == -0.25 for _, v in entries)
+
+
+def test_upstream_is_told_the_mode_and_messages():
+    upstream = FakeUpstream()
+    run(upstream, client_stream=True)
+    sent = upstream.requests[0]
+    assert sent.reasoning == "on" and last_user(sent).startswith("SCRIPT:")
