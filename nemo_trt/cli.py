@@ -25,7 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("nemo_trt.commands.verify", "Check a converted checkpoint against its HF source, tensor by tensor."),
     "build": ("nemo_trt.commands.build", "One command from HF checkpoint to engines and model repository."),
     "repo": ("nemo_trt.commands.repo", "Write a Triton model repository (TensorRT-LLM or CPU reference backend)."),
-    "serve": ("nemo_trt.commands.serve", "Start tritonserver on a model repository."),
+    "serve": ("nemo_trt.commands.serve", "Start tritonserver on a model repository (+ the OpenAI API)."),
+    "openai": ("nemo_trt.commands.openai_gateway", "Serve the OpenAI-compatible API in front of a running Triton."),
     "chat": ("nemo_trt.commands.chat", "Send one chat prompt to a running server and stream the answer."),
     "regress": ("nemo_trt.commands.regress", "Record and check golden outputs against a running server."),
 }
@@ -57,7 +58,7 @@ def cli():
       nemo-trt demo                                  # whole chain on a tiny model, CPU only
       nemo-trt plan --gpu h100x2 --json              # will it fit, and how to build it
       nemo-trt build --gpu h100x2 --checkpoint /models/super49b --output /deploy/super49b
-      nemo-trt serve --repo /deploy/super49b/repository
+      nemo-trt serve --repo /deploy/super49b/repository --openai-port 9000
       nemo-trt chat "Why is the sky blue?" --reasoning on
     """
 

@@ -102,6 +102,12 @@ def test_budget_closes_the_thought_and_the_model_answers(stream):
     assert joined(events, "text").endswith("\n</think>\n\nThe capital of France is Paris.")
 
 
+def test_a_second_end_of_thought_after_the_budget_stays_out_of_content():
+    upstream = FakeUpstream(lambda r: "still thinking.\n</think>\n\nParis." if r.continue_final else SCRIPT)
+    _, events = run(upstream, client_stream=True, budget=ThinkingBudget(5))
+    assert "</think>" not in joined(events, "content") and joined(events, "content").endswith("Paris.")
+
+
 def test_budget_not_reached_is_one_leg_and_zero_skips_the_thought():
     upstream = FakeUpstream()
     generation, events = run(upstream, client_stream=True, budget=ThinkingBudget(500))

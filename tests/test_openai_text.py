@@ -18,7 +18,7 @@ from nemo_trt.model_facts import load_serving_facts
 from nemo_trt.serve.openai.budget import ThinkingBudget
 from nemo_trt.serve.openai.errors import OpenAIError
 from nemo_trt.serve.openai.protocol import ChatCompletionRequest
-from nemo_trt.serve.openai.reasoning import decide_mode, reasoning_token_count, system_switch
+from nemo_trt.serve.openai.reasoning import TagScrubber, decide_mode, reasoning_token_count, system_switch
 from nemo_trt.serve.openai.stops import StopMatcher
 from nemo_trt.serve.openai.tools import ToolCallStream, argument_fragments, plan_tools
 from nemo_trt.serve.reasoning import ReasoningSplitter
@@ -235,3 +235,12 @@ def test_budget_closes_the_thought_like_the_model():
         assert splitter.state == "answer_start"
         assert (first + closed).reasoning == opened.replace("<think>\n", "").strip()
         assert splitter.feed("The answer.").answer == "The answer."
+
+
+def test_tag_scrubber_any_chunking():
+    text = "more thought.\n</think>\n\nThe answer <think>is</thi"
+    for i in range(len(text) + 1):
+        for j in range(i, len(text) + 1):
+            scrubber = TagScrubber(["</think>", "<think>"])
+            out = scrubber.feed(text[:i]) + scrubber.feed(text[i:j]) + scrubber.feed(text[j:]) + scrubber.finish()
+            assert out == "more thought.\n\n\nThe answer is</thi", (i, j)

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from nemo_trt.commands.openai_gateway import gateway_options
 from nemo_trt.console import console, err_console, print_json
 
 
@@ -29,9 +30,14 @@ from nemo_trt.console import console, err_console, print_json
               "/opt/tritonserver/bin, the nvidia-pytriton copy].")
 @click.option("--startup-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               metavar="SECONDS", help="Give up if the server is not ready by then (49B engines load for minutes).")
+@click.option("--openai-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Also serve the OpenAI-compatible API on this port (on --host; 0 = any free port), "
+                   "once Triton is ready. Off by default.")
+@gateway_options
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON line once ready.")
 def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_control_mode, log_file,
-            tritonserver, startup_timeout, as_json):
+            tritonserver, startup_timeout, openai_port, api_key, max_inflight, served_model_name, request_timeout,
+            access_log, as_json):
     """Start Triton on a model repository; Ctrl-C stops it cleanly.
 
     \b
@@ -45,6 +51,8 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
       nemo-trt serve --repo /deploy/super49b/repository
       nemo-trt serve --repo ./tiny-repo --http-port 0 --grpc-port 0 --metrics-port 0 --json
       nemo-trt serve --repo ./repo --host 0.0.0.0 --log-verbose 1 --log-file triton.log
+      nemo-trt serve --repo /deploy/super49b/repository --openai-port 9000      # + OpenAI API
+      NEMO_TRT_API_KEY=secret nemo-trt serve --repo ./repo --host 0.0.0.0 --openai-port 9000
     """
     from nemo_trt.serve.launcher import TritonServer
 
@@ -58,6 +66,7 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
         raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
+    gateway = None
     try:
         if as_json:
             server.start()
@@ -67,6 +76,10 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
         endpoints = {"http": server.http_url, "grpc": server.grpc_url, "metrics": server.metrics_url,
                      "log": str(server.log_file), "startup_seconds": round(server.startup_seconds or 0, 2),
                      "world_size": server.world_size, "pid": server.process.pid}
+        if openai_port is not None:
+            gateway = _start_gateway(server, repo, host, openai_port, api_key, max_inflight, served_model_name,
+                                     request_timeout, access_log)
+            endpoints["openai"] = f"{gateway.url}/v1"
         if as_json:
             print_json(endpoints)
         else:
@@ -74,13 +87,31 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
         code = server.wait()
         raise SystemExit(_died(server, code))
     except KeyboardInterrupt:
+        if gateway is not None:
+            gateway.stop()
         err_console.print("stopping tritonserver …")
         code = server.stop()
         err_console.print(f"stopped (exit code {code})")
     finally:
+        if gateway is not None:
+            gateway.stop()
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _start_gateway(server, repo, host, port, api_key, max_inflight, served_model_name, request_timeout,
+                   access_log):
+    from pathlib import Path
+
+    from nemo_trt.commands.openai_gateway import resolve_tokenizer
+    from nemo_trt.serve.openai.runner import GatewayThread
+    from nemo_trt.serve.openai.serving import GatewayConfig
+
+    config = GatewayConfig(triton_url=server.grpc_url, served_model_name=served_model_name, api_key=api_key or None,
+                           max_inflight=max_inflight, tokenizer_dir=resolve_tokenizer(Path(repo), None),
+                           request_timeout=request_timeout)
+    return GatewayThread(config, host=host, port=port, access_log=access_log).start()
 
 
 def _print_endpoints(server, endpoints) -> None:
@@ -90,11 +121,18 @@ def _print_endpoints(server, endpoints) -> None:
     console.print(f"  gRPC     {endpoints['grpc']}")
     console.print(f"  metrics  {endpoints['metrics']}")
     console.print(f"  log      {endpoints['log']}")
+    if "openai" in endpoints:
+        console.print(f"  OpenAI   {endpoints['openai']}  (health /v1/health/ready, metrics /metrics)")
     console.print("\nTry it:")
     console.print(f"  nemo-trt chat \"Why is the sky blue?\" --url {server.grpc_url}", soft_wrap=True)
     body = '{"text_input": "Why is the sky blue?", "max_tokens": 64, "stream": true}'
     console.print(f"  curl -N -X POST {server.http_url}/v2/models/ensemble/generate_stream -d '{body}'",
                   soft_wrap=True, markup=False)
+    if "openai" in endpoints:
+        body = ('{"model": "llama-3.3-nemotron-super-49b-v1", "messages": [{"role": "user", '
+                '"content": "Why is the sky blue?"}], "max_tokens": 64}')
+        console.print(f"  curl -s {endpoints['openai']}/chat/completions -H 'Content-Type: application/json' "
+                      f"-d '{body}'", soft_wrap=True, markup=False)
     console.print("\nCtrl-C stops the server.")
 
 

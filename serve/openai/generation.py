@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 
 from nemo_trt.serve.openai.budget import ThinkingBudget
 from nemo_trt.serve.openai.metrics import GatewayMetrics
-from nemo_trt.serve.openai.reasoning import in_reasoning, reasoning_token_count
+from nemo_trt.serve.openai.reasoning import TagScrubber, in_reasoning, reasoning_token_count
 from nemo_trt.serve.openai.stops import StopMatcher
 from nemo_trt.serve.openai.tools import ParsedCall, ToolCallStream, ToolPlan
 from nemo_trt.serve.openai.upstream import Deployment, TritonUpstream, UpstreamDelta, UpstreamRequest
@@ -95,6 +95,7 @@ class Generation:
         self._tools = ToolCallStream(plan.validators, plan.call_open, plan.call_close, plan.tools.parallel,
                                      plan.tools.only) if plan.tools.parse else None
         self._reasoning: list[str] = []
+        self._scrubber: TagScrubber | None = None  # after a forced end of thought
         if metrics is not None:
             metrics.waiting.inc()
         self._gauge = "waiting"
@@ -107,8 +108,11 @@ class Generation:
         event = Event(text=raw, reasoning=split.reasoning)
         if split.reasoning:
             self._reasoning.append(split.reasoning)
+        answer = split.answer
+        if self._scrubber is not None:
+            answer = self._scrubber.feed(answer) + (self._scrubber.finish() if final else "")
         if self._tools is not None:
-            found = self._tools.feed(split.answer) if split.answer else None
+            found = self._tools.feed(answer) if answer else None
             event.content = found.content if found else ""
             event.calls = list(found.calls) if found else []
             if final:
@@ -116,7 +120,7 @@ class Generation:
                 event.content += tail.content
                 event.calls += tail.calls
         else:
-            event.content = split.answer
+            event.content = answer
         return event
 
     def _token_texts(self, delta: UpstreamDelta) -> list[tuple[str, float]]:
@@ -210,6 +214,7 @@ class Generation:
             event.reasoning = close.reasoning
             yield event
             leg = self._leg(first, budget.prefix(""), first.max_tokens, plan.client_stream)
+            self._scrubber = TagScrubber([plan.close_tag, plan.open_tag])
             budget = None
         before = 0  # completion tokens of earlier legs
         while leg is not None:
@@ -265,6 +270,7 @@ class Generation:
                 if remaining is not None and remaining <= 0:
                     break
                 leg = self._leg(first, budget.prefix("".join(self._reasoning)), remaining, plan.client_stream)
+                self._scrubber = TagScrubber([plan.close_tag, plan.open_tag])
                 budget = None
         tail = self._stop.finish()
         yield self._process(tail, final=True)

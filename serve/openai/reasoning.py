@@ -50,6 +50,34 @@ def in_reasoning(splitter: ReasoningSplitter) -> bool:
     return splitter.state in REASONING_STATES
 
 
+class TagScrubber:
+    """Removes reasoning tags from answer text as it streams (a tag split over chunks too).
+
+    After the thinking budget closed the thought for the model, a model may go on thinking
+    and close it a second time: that `</think>` must not show up in `content`.
+    """
+
+    def __init__(self, tags: Sequence[str]):
+        self.tags = [t for t in tags if t]
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        buf = self._held + text
+        for tag in self.tags:
+            buf = buf.replace(tag, "")
+        keep = 0
+        for n in range(min(max(len(t) for t in self.tags) - 1, len(buf)), 0, -1):
+            if any(t.startswith(buf[-n:]) for t in self.tags):
+                keep = n
+                break
+        self._held = buf[len(buf) - keep:] if keep else ""
+        return buf[: len(buf) - keep]
+
+    def finish(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+
 def reasoning_token_count(tokenizer: Tokenizer, token_ids: Sequence[int], close_tag: str = "</think>",
                           open_tag: str = "<think>") -> int:
     """Tokens up to and including the one that completes `</think>` in a whole generation.

