@@ -207,22 +207,23 @@ async def stream_body(state: GatewayState, generation: Generation, first: Event,
     this generator at its current await)."""
     reason: str | None = None
     try:
-        for chunk in render(first):
-            yield chunk
+        # one write per event: the chunks an event makes (role + text, a tool call and its
+        # argument fragments) go out together
+        chunks = render(first)
+        if chunks:
+            yield "".join(chunks)
         try:
             async for event in events:
-                for chunk in render(event):
-                    yield chunk
+                chunks = render(event)
+                if chunks:
+                    yield chunks[0] if len(chunks) == 1 else "".join(chunks)
         except UpstreamError as exc:
             error = upstream_error(exc, state.config.triton_url)
             state.metrics.failed(error.status)
-            yield sse(error.body())
-            yield DONE
+            yield sse(error.body()) + DONE
             return
-        for chunk in finish():
-            yield chunk
         reason = generation.outcome.finish_reason
-        yield DONE
+        yield "".join(finish()) + DONE
     finally:
         if reason is None and not generation.done:
             state.metrics.finished("abort")

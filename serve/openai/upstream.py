@@ -163,8 +163,47 @@ def classify(message: str) -> UpstreamError:
     return UpstreamError("rejected", message)
 
 
+class _Stream:
+    """One persistent ModelStreamInfer call that carries one request at a time.
+
+    Opening a bidirectional stream per request costs the server about a millisecond of CPU
+    and the client half of that (measured: bench/results/openai_gateway.md); a stream kept
+    open and reused does not. A request that must stop early (client gone, stop string,
+    thinking budget) cancels its stream, which is then thrown away: Triton cancels the
+    requests of a stream only by cancelling the stream.
+    """
+
+    def __init__(self, client: Any, idle_since: float = 0.0):
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.call = client.stream_infer(self._requests())
+        self.used = False
+        self.idle_since = idle_since
+
+    async def _requests(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            yield item
+
+    def send(self, body: dict[str, Any]) -> None:
+        self._queue.put_nowait(body)
+
+    async def receive(self) -> tuple[Any, Any]:
+        return await self.call.__anext__()
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+
 class TritonUpstream:
-    """Shared gRPC channel(s) to one Triton server; create inside the running event loop."""
+    """gRPC channel(s) to one Triton server and a pool of open streams; create inside the
+    running event loop."""
+
+    MAX_IDLE_STREAMS = 256
 
     def __init__(self, url: str, model: str = ENSEMBLE, channels: int = 1):
         import tritonclient.grpc.aio as grpcaio
@@ -173,12 +212,28 @@ class TritonUpstream:
         self.model = model
         self._clients = [grpcaio.InferenceServerClient(url) for _ in range(max(1, channels))]
         self._next = 0
+        self._idle: list[_Stream] = []
 
     def _client(self):  # noqa: ANN202 - tritonclient has no type hints
         self._next = (self._next + 1) % len(self._clients)
         return self._clients[self._next]
 
+    def _acquire(self, fresh: bool = False) -> _Stream:
+        if self._idle and not fresh:
+            return self._idle.pop()
+        return _Stream(self._client())
+
+    def _release(self, stream: _Stream) -> None:
+        if len(self._idle) < self.MAX_IDLE_STREAMS:
+            stream.used = True
+            self._idle.append(stream)
+        else:
+            stream.close()
+
     async def close(self) -> None:
+        for stream in self._idle:
+            stream.cancel()
+        self._idle.clear()
         for client in self._clients:
             await client.close()
 
@@ -214,46 +269,51 @@ class TritonUpstream:
             inputs.append(tensor)
         outputs = [grpcclient.InferRequestedOutput(name) for name in request.outputs()]
         body = {"model_name": self.model, "inputs": inputs, "outputs": outputs, "request_id": request.request_id}
-        sent = asyncio.Event()
-
-        async def requests() -> AsyncIterator[dict[str, Any]]:
-            yield body
-            sent.set()
-
-        call = self._client().stream_infer(requests(), stream_timeout=timeout)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        stream = self._acquire()
+        stream.send(body)
+        received = False
         finished = False
         try:
             while True:
                 try:
-                    result, error = await call.__anext__()
-                except StopAsyncIteration:
+                    if deadline is None:
+                        result, error = await stream.receive()
+                    else:
+                        left = deadline - asyncio.get_running_loop().time()
+                        result, error = await asyncio.wait_for(stream.receive(), max(left, 0.001))
+                except asyncio.TimeoutError:
+                    raise UpstreamError("failed", f"no answer from Triton within {timeout} s") from None
+                except (StopAsyncIteration, grpc.aio.AioRpcError) as exc:
+                    if not received and stream.used:
+                        # a stream that broke while idle (Triton restarted): once more on a new one
+                        stream = self._acquire(fresh=True)
+                        stream.send(body)
+                        continue
                     finished = True
-                    if not sent.is_set():
+                    if isinstance(exc, StopAsyncIteration):
                         raise UpstreamError("unavailable", f"Triton at {self.url} closed the stream") from None
-                    return
-                except grpc.aio.AioRpcError as exc:
-                    finished = True
                     code = exc.code()
                     if code == grpc.StatusCode.UNAVAILABLE:
                         raise UpstreamError("unavailable", f"Triton at {self.url} is unavailable: "
                                                            f"{exc.details()}") from None
-                    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                        raise UpstreamError("failed", f"no answer from Triton within {timeout} s") from None
                     if code == grpc.StatusCode.CANCELLED:
                         return
                     raise classify(f"{code.name}: {exc.details()}") from None
+                received = True
                 if error is not None:
-                    finished = True
+                    # the stream is not reused after an error: nothing of it may reach the next request
                     raise classify(str(error.message() if hasattr(error, "message") else error))
                 delta = parse_response(result.get_response())
                 if delta.final:
                     finished = True
+                    self._release(stream)
                 yield delta
                 if delta.final:
                     return
         finally:
             if not finished:
-                call.cancel()
+                stream.cancel()
 
 
 @dataclass(frozen=True)

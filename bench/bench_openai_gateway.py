@@ -1,0 +1,355 @@
+"""What the OpenAI gateway costs over talking to Triton directly, interleaved in one run.
+
+One tritonserver on a repository written by the real writer, whose `tensorrt_llm` slot holds
+the TEST-ONLY scripted model (tests/fixtures/scripted_llm: tokens spaced by --token-interval,
+10 ms by default = 100 tokens/s per stream, faster than Super-49B streams on an H100 pair at 16 sequences; non-streamed answers come at
+once). The current ensemble hangs at 0-1 ms/token under 16 streams (issue 9, in the ensemble
+itself, with or without the gateway): rounds are bounded and a hung round ends the run. One
+gateway process (`nemo-trt openai --repo REPO`, as users run it) in front of it. The same
+requests go (A) straight to the ensemble with tritonclient and (B) through the gateway; the
+paths alternate so that noise on the shared machine hits both alike.
+
+1. Per request (sequential, one connection each), an 8-token answer, reasoning off:
+   (a) tritonclient gRPC stream API, stream=false    <- baseline
+   (b) POST /v1/chat/completions, non-streamed, httpx keep-alive
+   (a') / (b') the same, streamed (time to the last token)
+   overhead = p50(b) - p50(a)   (target <= 1 ms); also p50(b') - p50(a').
+2. Delivered tokens/s with 16 concurrent streams of N tokens, rounds alternating A/B:
+   (A) tritonclient.grpc.aio streams; (B) openai-style SSE streams through the gateway
+   (httpx.AsyncClient). ratio = median tok/s(B) / median tok/s(A)   (target >= 0.95).
+
+    python bench/bench_openai_gateway.py [--iterations 300] [--rounds 6] [--tokens 256] [--token-interval 0.01]
+    (results: bench/results/openai_gateway.json)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as grpcaio
+from tokenizers import Tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serving_overhead import (  # noqa: E402
+    SHORT_ANSWER,
+    SHORT_ANSWER_TOKENS,
+    TOKENIZER_DIR,
+    Stream,
+    build_repository,
+    percentiles,
+    script_text,
+)
+
+from nemo_trt.serve.launcher import TritonServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "openai_gateway.json"
+MODEL = "llama-3.3-nemotron-super-49b-v1"
+TARGET_OVERHEAD_MS, TARGET_RATIO = 1.0, 0.95
+CONCURRENCY = 16
+USAGE_TOKENS = re.compile(rb'"completion_tokens":\s*(\d+)')
+
+
+def chat_body(text: str, max_tokens: int, stream: bool) -> dict:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "SCRIPT:" + text}], "max_tokens": max_tokens,
+            "chat_template_kwargs": {"thinking": False}, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def ensemble_inputs(text: str, max_tokens: int, stream: bool) -> list:
+    messages = json.dumps([{"role": "user", "content": "SCRIPT:" + text}])
+    values = [("messages", np.array([[messages.encode()]], dtype=object), "BYTES"),
+              ("reasoning", np.array([[b"off"]], dtype=object), "BYTES"),
+              ("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+              ("stream", np.array([[stream]], dtype=bool), "BOOL")]
+    inputs = []
+    for name, value, dtype in values:
+        tensor = grpcclient.InferInput(name, list(value.shape), dtype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return inputs
+
+
+# --------------------------------------------------------------------------- gateway process
+def start_gateway(grpc_url: str, repo: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nemo_trt.cli", "openai", "--triton", grpc_url, "--port", "0", "--repo", str(repo),
+         "--json"], stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)  # noqa: SIM115
+    lines = []
+    for line in process.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if line.startswith("}"):
+            break
+    return process, json.loads("".join(lines))["openai"].removesuffix("/v1")
+
+
+# --------------------------------------------------------------------------- 1. per request
+class Http:
+    """A lean keep-alive HTTP/1.1 client (stdlib http.client) for the sequential part: what is
+    timed is the gateway, not an HTTP library's own per-request work."""
+
+    def __init__(self, base: str):
+        host, port = base.removeprefix("http://").split(":")
+        self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        self.headers = {"Content-Type": "application/json"}
+
+    def post(self, path: str, body: bytes) -> http.client.HTTPResponse:
+        self.connection.request("POST", path, body, self.headers)
+        return self.connection.getresponse()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int) -> dict[str, list[float]]:
+    stream = Stream(grpc_url)
+    client = Http(gateway)
+    whole_in = ensemble_inputs(SHORT_ANSWER, 16, stream=False)
+    streamed_in = ensemble_inputs(SHORT_ANSWER, 16, stream=True)
+    whole_body = json.dumps(chat_body(SHORT_ANSWER, 16, False)).encode()
+    streamed_body = json.dumps(chat_body(SHORT_ANSWER, 16, True)).encode()
+
+    def direct_whole():
+        start, got = stream.request("ensemble", whole_in)
+        assert got[-1][1]["text_output"].reshape(-1)[0].decode() == SHORT_ANSWER
+        return got[-1][0] - start
+
+    def gateway_whole():
+        start = time.perf_counter()
+        response = client.post("/v1/chat/completions", whole_body)
+        data = response.read()
+        elapsed = time.perf_counter() - start
+        assert json.loads(data)["choices"][0]["message"]["content"] == SHORT_ANSWER, data
+        return elapsed
+
+    def direct_streamed():
+        start, got = stream.request("ensemble", streamed_in)
+        assert "".join(o["text_output"].reshape(-1)[0].decode() for _, o in got) == SHORT_ANSWER
+        return got[-1][0] - start
+
+    def gateway_streamed():
+        start = time.perf_counter()
+        response = client.post("/v1/chat/completions", streamed_body)
+        text, last = "", start
+        while True:
+            line = response.readline()
+            if not line:
+                break
+            if line.startswith(b"data: {"):
+                event = json.loads(line[6:])
+                if event["choices"] and event["choices"][0]["delta"].get("content"):
+                    text += event["choices"][0]["delta"]["content"]
+                    last = time.perf_counter()
+        assert text == SHORT_ANSWER, text
+        return last - start
+
+    paths = {"direct_non_streamed": direct_whole, "gateway_non_streamed": gateway_whole,
+             "direct_streamed": direct_streamed, "gateway_streamed": gateway_streamed}
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for i in range(warmup + iterations):
+            for name, run in paths.items():
+                elapsed = run()
+                if i >= warmup:
+                    samples[name].append(elapsed)
+    finally:
+        stream.close()
+        client.close()
+    return samples
+
+
+# --------------------------------------------------------------------------- 2. tokens/s at 16 streams
+async def direct_round(grpc_url: str, text: str, tokens: int) -> tuple[int, float]:
+    """16 concurrent ensemble streams; per token only the final flag is looked at (as lean a
+    client as the gateway path's, which reads SSE lines and the usage at the end)."""
+    client = grpcaio.InferenceServerClient(grpc_url)
+
+    async def one() -> int:
+        inputs = ensemble_inputs(text, tokens, stream=True)
+
+        async def requests():
+            yield {"model_name": "ensemble", "inputs": inputs,
+                   "outputs": [grpcclient.InferRequestedOutput(n) for n in ("text_output", "num_output_tokens")]}
+
+        async for result, error in client.stream_infer(requests()):
+            assert error is None, error
+            final = result.get_response().parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                return int(result.as_numpy("num_output_tokens").reshape(-1)[0])
+        return 0
+
+    try:
+        start = time.perf_counter()
+        counts = await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+        return sum(counts), time.perf_counter() - start
+    finally:
+        await client.close()
+
+
+async def gateway_round(gateway: str, text: str, tokens: int) -> tuple[int, float]:
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=gateway, timeout=120, limits=limits) as http:
+        async def one() -> int:
+            count = 0
+            async with http.stream("POST", "/v1/chat/completions", json=chat_body(text, tokens, True)) as response:
+                tail = b""
+                async for raw in response.aiter_raw():
+                    tail = (tail + raw)[-600:]  # the usage chunk and [DONE] end the stream
+            found = USAGE_TOKENS.search(tail.rsplit(b'"usage":', 1)[1])
+            return int(found.group(1)) if found else 0
+
+        start = time.perf_counter()
+        counts = await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+        return sum(counts), time.perf_counter() - start
+
+
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """utime + stime of a process (and its descendants: Triton's Python stubs)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if tree:
+        for child in open(f"/proc/{pid}/task/{pid}/children").read().split():
+            total += cpu_seconds(int(child), True)
+    return total
+
+
+ROUND_TIMEOUT_S = 120
+
+
+def bounded(coroutine, what: str):  # noqa: ANN001, ANN201
+    async def run():  # noqa: ANN202
+        return await asyncio.wait_for(coroutine, ROUND_TIMEOUT_S)
+
+    try:
+        return asyncio.run(run())
+    except asyncio.TimeoutError:
+        raise SystemExit(f"{what}: no answer within {ROUND_TIMEOUT_S} s — the server hung (the ensemble's "
+                         "known hang at high token rates, issue 9); rerun, or raise --token-interval") from None
+
+
+def measure_throughput(grpc_url: str, gateway: str, text: str, tokens: int, rounds: int, gateway_pid: int,
+                       triton_pid: int) -> dict:
+    bounded(direct_round(grpc_url, text, tokens), "warm-up, direct")
+    bounded(gateway_round(gateway, text, tokens), "warm-up, gateway")
+    runs: dict[str, list[float]] = {"direct": [], "gateway": []}
+    cpu: dict[str, dict[str, list[float]]] = {p: {"gateway": [], "triton": [], "client": []} for p in runs}
+    for i in range(rounds):
+        order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
+        for path in order:
+            before = (cpu_seconds(gateway_pid), cpu_seconds(triton_pid, tree=True), time.process_time())
+            count, seconds = bounded(direct_round(grpc_url, text, tokens) if path == "direct"
+                                     else gateway_round(gateway, text, tokens), f"round {i + 1}, {path}")
+            after = (cpu_seconds(gateway_pid), cpu_seconds(triton_pid, tree=True), time.process_time())
+            assert count == CONCURRENCY * tokens, (path, count)
+            runs[path].append(count / seconds)
+            for name, b, a in zip(("gateway", "triton", "client"), before, after):
+                cpu[path][name].append((a - b) / count * 1e6)
+    direct, through = statistics.median(runs["direct"]), statistics.median(runs["gateway"])
+    return {"concurrency": CONCURRENCY, "tokens_per_stream": tokens, "rounds": rounds,
+            "tokens_per_s": {k: [round(v, 1) for v in vs] for k, vs in runs.items()},
+            "direct_tokens_per_s_p50": round(direct, 1), "gateway_tokens_per_s_p50": round(through, 1),
+            "ratio": round(through / direct, 4),
+            # CPU spent per delivered token (µs, p50 of the rounds): where the difference goes
+            "cpu_us_per_token": {path: {name: round(statistics.median(v), 1) for name, v in parts.items()}
+                                 for path, parts in cpu.items()}}
+
+
+# --------------------------------------------------------------------------- main
+def run(iterations: int, warmup: int, rounds: int, tokens: int, interval: float, log=print) -> dict:
+    tokenizer = Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
+    work = Path(tempfile.mkdtemp(prefix="bench-openai-gateway-"))
+    os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = str(interval)
+    repo = build_repository(work)
+    with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
+                      startup_timeout=180) as server:
+        gateway_process, gateway = start_gateway(server.grpc_url, repo, work / "gateway.log")
+        try:
+            log(f"triton ready in {server.startup_seconds:.1f} s, gateway at {gateway}; {iterations} interleaved "
+                f"requests per path (+{warmup} warm-up) ...")
+            samples = measure_requests(server.grpc_url, gateway, iterations, warmup)
+            p50 = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+            log(f"  overhead p50 {p50['gateway_non_streamed'] - p50['direct_non_streamed']:.3f} ms")
+            text = script_text(tokenizer, tokens).replace("<think>", "").replace("</think>", "")
+            log(f"{rounds} rounds x 2 paths of {CONCURRENCY} concurrent streams x {tokens} tokens ...")
+            throughput = measure_throughput(server.grpc_url, gateway, text, tokens, rounds, gateway_process.pid,
+                                            server.process.pid)
+        finally:
+            gateway_process.send_signal(signal.SIGINT)
+            gateway_process.wait(30)
+    latency = {name: percentiles(values) for name, values in samples.items()}
+    overhead = p50["gateway_non_streamed"] - p50["direct_non_streamed"]
+    return {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average": [round(x, 2) for x in os.getloadavg()]},
+        "server": "tritonserver 2.51 (nvidia-pytriton wheel), python backend, CPU; scripted engine",
+        "token_interval_s": interval,
+        "gateway": "nemo-trt openai (uvicorn, uvloop, httptools) in its own process",
+        "iterations": iterations, "warmup": warmup, "answer_tokens": SHORT_ANSWER_TOKENS,
+        "latency_ms": latency,
+        "overhead_ms": round(overhead, 3),
+        "overhead_streamed_ms": round(p50["gateway_streamed"] - p50["direct_streamed"], 3),
+        "overhead_p10_ms": round(latency["gateway_non_streamed"]["p10"] - latency["direct_non_streamed"]["p10"], 3),
+        "overhead_target_ms": TARGET_OVERHEAD_MS,
+        "overhead_meets_target": overhead <= TARGET_OVERHEAD_MS,
+        "throughput": throughput,
+        "throughput_ratio_target": TARGET_RATIO,
+        "throughput_meets_target": throughput["ratio"] >= TARGET_RATIO,
+    }
+
+
+def report(result: dict) -> str:
+    lat = result["latency_ms"]
+    lines = ["path                         p10 ms    p50 ms    p90 ms"]
+    for name, v in lat.items():
+        lines.append(f"{name:26s} {v['p10']:8.3f}  {v['p50']:8.3f}  {v['p90']:8.3f}")
+    lines.append(f"overhead p50(gateway) - p50(direct) = {result['overhead_ms']:.3f} ms non-streamed, "
+                 f"{result['overhead_streamed_ms']:.3f} ms streamed (target <= {result['overhead_target_ms']} ms: "
+                 f"{'met' if result['overhead_meets_target'] else 'MISSED'}); p10 difference "
+                 f"{result['overhead_p10_ms']:.3f} ms")
+    t = result["throughput"]
+    lines.append(f"{t['concurrency']} streams x {t['tokens_per_stream']} tokens: direct {t['direct_tokens_per_s_p50']} "
+                 f"tok/s, gateway {t['gateway_tokens_per_s_p50']} tok/s, ratio {t['ratio']:.3f} (target >= "
+                 f"{result['throughput_ratio_target']}: {'met' if result['throughput_meets_target'] else 'MISSED'})")
+    lines.append(f"rounds: {t['tokens_per_s']}")
+    lines.append(f"CPU us per delivered token (p50): {t['cpu_us_per_token']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=300, help="timed requests per path (default 300)")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed rounds first (default 20)")
+    parser.add_argument("--rounds", type=int, default=6, help="throughput rounds per path (default 6)")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per stream in the throughput part")
+    parser.add_argument("--token-interval", type=float, default=0.01,
+                        help="seconds between the scripted engine's streamed tokens (default 0.01)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    args = parser.parse_args(argv)
+    result = run(args.iterations, args.warmup, args.rounds, args.tokens, args.token_interval,
+                 log=lambda m: print(m, file=sys.stderr))
+    print(report(result))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
