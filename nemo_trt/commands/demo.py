@@ -7,6 +7,10 @@ from pathlib import Path
 import click
 
 DEMO_QUESTIONS = {"on": "What is the capital of France?", "off": "What colour is the sky?"}
+DEMO_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+DEMO_TOOL_QUESTION = "What is the weather in Paris?"
 
 
 @click.command("demo")
@@ -29,7 +33,9 @@ def command(gpu: str, workdir: Path | None, seed: int, protocol: str, as_json: b
     4. repository: Triton model repository with the CPU reference backend
     5. serve: a real tritonserver on 127.0.0.1 (free ports)
     6. chat: one question with `detailed thinking on`, one with `off`, streamed
-    7. clean shutdown
+    7. OpenAI API: the same server behind `nemo-trt openai`'s gateway: one chat with its
+       reasoning apart (`reasoning_content`), one tool call
+    8. clean shutdown
 
     \b
     Examples:
@@ -64,20 +70,20 @@ def command(gpu: str, workdir: Path | None, seed: int, protocol: str, as_json: b
         summary["stages"][name] = {"seconds": seconds, **info}
         out.print(f"[green]✓[/] {name} ({seconds:.1f} s)")
 
-    t = stage("plan", f"1/6 plan: {DEFAULT_MODEL} on {gpu}")
+    t = stage("plan", f"1/7 plan: {DEFAULT_MODEL} on {gpu}")
     plan = make_plan(ModelSpec.from_path(resolve_model(DEFAULT_MODEL)), load_profile(gpu))
     render_plan(plan, out, show_reasons=False)
     out.print(f"(the reasons behind each setting: nemo-trt plan --gpu {gpu})")
     done("plan", t, profile=plan.profile, precision=plan.precision, tp=plan.tp, pp=plan.pp,
          kv_tokens=plan.kv_tokens, concurrent_sequences=plan.concurrent_sequences)
 
-    t = stage("make", "2/6 tiny DeciLM model (trained once, then cached)")
+    t = stage("make", "2/7 tiny DeciLM model (trained once, then cached)")
     with out.status("training / loading the tiny model…"):
         tiny = tiny_checkpoint(seed)
     out.print(f"checkpoint: {tiny}")
     done("make", t, checkpoint=str(tiny))
 
-    t = stage("convert", "3/6 convert to a TensorRT-LLM checkpoint (TP1, BF16) and verify")
+    t = stage("convert", "3/7 convert to a TensorRT-LLM checkpoint (TP1, BF16) and verify")
     # Keyed by the tiny checkpoint's cache name: a rerun finds its conversion up to date.
     converted = workdir / tiny.name / "checkpoint-tp1-bf16"
     result = convert_checkpoint(tiny, converted, tp=1, pp=1, precision="bf16", progress=not as_json)
@@ -89,12 +95,12 @@ def command(gpu: str, workdir: Path | None, seed: int, protocol: str, as_json: b
     out.print(f"verified {report.tensors_checked} tensors; reference logits from both sides agree")
     done("convert", t, converted=str(converted), up_to_date=result.up_to_date, tensors_checked=report.tensors_checked)
 
-    t = stage("repository", "4/6 Triton model repository (CPU reference backend)")
+    t = stage("repository", "4/7 Triton model repository (CPU reference backend)")
     repo = write_repository(workdir / tiny.name / "repository", tokenizer_dir=tiny, reference_dir=converted, force=True)
     out.print(f"repository: {repo}  (ensemble = preprocessing -> generate -> tensorrt_llm)")
     done("repository", t, repository=str(repo))
 
-    t = stage("serve", "5/6 tritonserver (127.0.0.1, free ports)")
+    t = stage("serve", "5/7 tritonserver (127.0.0.1, free ports)")
     chats = []
     with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         url = server.grpc_url if protocol == "grpc" else server.http_url
@@ -102,7 +108,7 @@ def command(gpu: str, workdir: Path | None, seed: int, protocol: str, as_json: b
                   f"metrics {server.metrics_url}")
         done("serve", t, grpc=server.grpc_url, http=server.http_url)
 
-        t = stage("chat", "6/6 chat: reasoning on, then off")
+        t = stage("chat", "6/7 chat: reasoning on, then off")
         for mode, question in DEMO_QUESTIONS.items():
             request = GenerateRequest(messages=[{"role": "user", "content": question}], reasoning=mode,
                                       max_tokens=96, temperature=0.0)
@@ -116,7 +122,57 @@ def command(gpu: str, workdir: Path | None, seed: int, protocol: str, as_json: b
                           "ttft_ms": None if result.ttft is None else round(result.ttft * 1000, 1),
                           "finish_reason": result.finish_reason})
         done("chat", t)
+
+        t = stage("openai", "7/7 OpenAI-compatible API (the gateway in front of the same server)")
+        summary["openai"] = _openai_demo(server, repo, out)
+        done("openai", t, url=summary["openai"]["url"])
     out.print("[green]✓[/] server stopped cleanly")
     summary["chats"] = chats
     if as_json:
         print_json(summary)
+
+
+def _post(url: str, body: dict) -> dict:
+    """One POST with the standard library (what `curl` or any OpenAI client sends)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
+
+
+def _openai_demo(server, repo: Path, out) -> dict:
+    from nemo_trt.model_facts import DEFAULT_MODEL
+    from nemo_trt.serve.openai.runner import GatewayThread
+    from nemo_trt.serve.openai.serving import GatewayConfig
+
+    config = GatewayConfig(triton_url=server.grpc_url, tokenizer_dir=repo / "preprocessing" / "tokenizer")
+    with GatewayThread(config) as gateway:
+        url = f"{gateway.url}/v1/chat/completions"
+        out.print(f"gateway at {gateway.url}/v1 (POST /chat/completions, /completions; GET /models, "
+                  "/health/ready, /metrics)")
+        question = DEMO_QUESTIONS["on"]
+        out.print(f"[bold]POST /v1/chat/completions[/] {question!r}, chat_template_kwargs.thinking=true")
+        chat = _post(url, {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": question}],
+                           "max_tokens": 96, "temperature": 0, "chat_template_kwargs": {"thinking": True}})
+        message = chat["choices"][0]["message"]
+        out.print(f"  reasoning_content: [dim]{message.get('reasoning_content')!r}[/]")
+        out.print(f"  content:           {message.get('content')!r}")
+        out.print(f"  usage:             {chat['usage']}")
+        out.print(f"[bold]POST /v1/chat/completions[/] {DEMO_TOOL_QUESTION!r} with tools=[get_weather]")
+        tool = _post(url, {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": DEMO_TOOL_QUESTION}],
+                           "tools": [DEMO_TOOL], "max_tokens": 64, "temperature": 0})
+        choice = tool["choices"][0]
+        calls = choice["message"].get("tool_calls") or []
+        for call in calls:
+            out.print(f"  tool_call: {call['function']['name']}({call['function']['arguments']})  id {call['id']}")
+        if not calls:
+            out.print(f"  content (no tool call parsed): {choice['message'].get('content')!r}")
+        out.print(f"  finish_reason: {choice['finish_reason']}")
+    return {"url": f"{gateway.url}/v1", "chat": {"reasoning_content": message.get("reasoning_content"),
+                                                 "content": message.get("content"), "usage": chat["usage"]},
+            "tool_call": {"finish_reason": choice["finish_reason"],
+                          "tool_calls": [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                                         for c in calls],
+                          "content": choice["message"].get("content")}}
