@@ -40,8 +40,8 @@ def _uvicorn_config(config: GatewayConfig, log_level: str, access_log: bool, ups
 
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return uvicorn.Config(create_app(config, upstream_factory), loop=loop, http=http, log_level=log_level, access_log=access_log,
-                          timeout_graceful_shutdown=5, lifespan="on")
+    return uvicorn.Config(create_app(config, upstream_factory), loop=loop, http=http, log_level=log_level,
+                          access_log=access_log, timeout_graceful_shutdown=5, lifespan="on")
 
 
 def url_of(host: str, port: int) -> str:
