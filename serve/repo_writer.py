@@ -464,9 +464,11 @@ def write_repository(
             "cuda_graph_mode": False,
             "cuda_graph_cache_size": None,
             "speculative_decoding_fast_logits": None,
-            "tensorrt_llm_tokenizer_dir": None,
-            "guided_decoding_backend": None,
-            "xgrammar_tokenizer_info_path": None,
+            # Mandatory reads in getGuidedDecodingConfigFromParams (no fallback: an absent key fails
+            # the load); "" is the backend's "unset", so guided decoding stays off.
+            "tensorrt_llm_tokenizer_dir": "",
+            "guided_decoding_backend": "",
+            "xgrammar_tokenizer_info_path": "",
         })
         llm_template = templates / "tensorrt_llm"
     else:
