@@ -21,8 +21,10 @@ from nemo_trt.build.plan_report import render_plan  # noqa: F401  (re-exported f
 @click.option("--max-num-tokens", type=int, default=None, help="Override max_num_tokens (tokens per iteration).")
 @click.option("--tp", type=int, default=None, help="Override tensor parallel size.")
 @click.option("--pp", type=int, default=None, help="Override pipeline parallel size.")
-@click.option("--input-len", type=int, default=2048, show_default=True, help="Typical prompt length for the concurrency estimate.")
-@click.option("--output-len", type=int, default=1024, show_default=True, help="Typical output length for the concurrency estimate.")
+@click.option("--input-len", type=int, default=2048, show_default=True,
+              help="Typical prompt length for the concurrency estimate.")
+@click.option("--output-len", type=int, default=1024, show_default=True,
+              help="Typical output length for the concurrency estimate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (Plan.model_dump).")
 def command(gpu, precision, variant, model, max_seq_len, max_batch_size, max_input_len, max_num_tokens, tp, pp,
             input_len, output_len, as_json):
