@@ -158,7 +158,8 @@ def _norm_quant_fusion_llama_nvfp4(s: BuilderInputs, r: dict):
 
 
 def _off(s: BuilderInputs, names: tuple[str, ...], logs: tuple[str, ...]):
-    changes, out = {}, []
+    changes: dict[str, Any] = {}
+    out = []
     for name, log in zip(names, logs):
         if getattr(s, name):
             changes[name] = False
@@ -270,7 +271,9 @@ _QUANT = {"fp8": "FP8", "bf16": None}
 def inputs_for(architecture: str, *, tp: int, precision: str, kv_cache_dtype: str, compute_capability: str,
                settings: Any) -> BuilderInputs:
     """BuilderInputs from BuildSettings (or a dict of the same fields) of a plan."""
-    get = settings.get if isinstance(settings, dict) else lambda k: getattr(settings, k)
+    def get(key: str) -> Any:
+        return settings[key] if isinstance(settings, dict) else getattr(settings, key)
+
     return BuilderInputs(
         architecture=architecture, tp=int(tp), quant_algo=_QUANT[str(precision)],
         kv_cache_quant_algo=_QUANT[str(kv_cache_dtype)], sm=sm_version(compute_capability),

@@ -220,13 +220,14 @@ def parameter_problems(params: Mapping[str, str], contract: BackendContract | No
                 f"parameter {name!r} is missing: {rule.read_by} reads it without a fallback, so the model fails "
                 f"to load with \"{contract.missing_key_error.format(key=name)}\"")
     for name, value in sorted(params.items()):
-        rule = contract.parameters.get(name)
-        if rule is None:
+        known = contract.parameters.get(name)
+        if known is None:
             if name in contract.template_only:
                 continue
             problems.append(f"parameter {name!r} is not read by the TensorRT-LLM {contract.version} backend "
                             "(a typo, or a key of another release): it would be silently ignored")
             continue
+        rule = known
         if rule.deprecated:
             problems.append(f"parameter {name!r} is deprecated and ignored by the backend (\"{rule.deprecated}\")")
             continue
@@ -277,13 +278,14 @@ def _dtype_name(value: int) -> str:
     return model_config_pb2.DataType.Name(value)
 
 
-def _resolve(rule: TensorRule, placeholders: Mapping[str, str]) -> str | None:
+def _resolve(rule: TensorRule, placeholders: Mapping[str, str | None]) -> str | None:
     """The data type a ${placeholder} type stands for in this config (None: any)."""
     match = re.match(r"^\$\{(\w+)\}$", rule.data_type)
     return placeholders.get(match.group(1)) if match else rule.data_type
 
 
-def _tensor_mismatch(kind: str, declared: Any, rule: TensorRule, placeholders: Mapping[str, str]) -> list[str]:
+def _tensor_mismatch(kind: str, declared: Any, rule: TensorRule,
+                     placeholders: Mapping[str, str | None]) -> list[str]:
     out = []
     want_type = _resolve(rule, placeholders)
     got_type = _dtype_name(declared.data_type)
