@@ -318,22 +318,17 @@ def tensor_problems(config: Any, contract: BackendContract | None = None, *, all
     problems = []
     known_in = {**contract.inputs, **contract.undeclared_inputs, **(contract.later_inputs if allow_later else {})}
     known_out = {**contract.outputs, **(contract.later_outputs if allow_later else {})}
-    for tensor in config.input:
-        rule = known_in.get(tensor.name)
-        if rule is None:
-            later = " (a later TensorRT-LLM release's tensor)" if tensor.name in contract.later_inputs else ""
-            problems.append(f"input {tensor.name!r} is not an input of the TensorRT-LLM {contract.version} "
-                            f"backend{later}: it never reaches the executor")
-            continue
-        problems += _tensor_mismatch("input", tensor, rule, placeholders)
-    for tensor in config.output:
-        rule = known_out.get(tensor.name)
-        if rule is None:
-            later = " (a later TensorRT-LLM release's tensor)" if tensor.name in contract.later_outputs else ""
-            problems.append(f"output {tensor.name!r} is not an output of the TensorRT-LLM {contract.version} "
-                            f"backend{later}: it is never filled")
-            continue
-        problems += _tensor_mismatch("output", tensor, rule, placeholders)
+    for kind, declared, known, later, effect in (
+            ("input", config.input, known_in, contract.later_inputs, "it never reaches the executor"),
+            ("output", config.output, known_out, contract.later_outputs, "it is never filled")):
+        for tensor in declared:
+            rule = known.get(tensor.name)
+            if rule is None:
+                note = " (a later TensorRT-LLM release's tensor)" if tensor.name in later else ""
+                problems.append(f"{kind} {tensor.name!r} is not an {kind} of the TensorRT-LLM {contract.version} "
+                                f"backend{note}: {effect}")
+            else:
+                problems += _tensor_mismatch(kind, tensor, rule, placeholders)
     declared_in = {t.name for t in config.input}
     if require_all_required:
         for name, rule in contract.inputs.items():
