@@ -134,17 +134,20 @@ def checkpoint_fingerprints(ckpt_dir: Path) -> tuple[str | None, str | None]:
 
 def _convert(hf_dir: Path, out_dir: Path, *, tp: int, pp: int, precision: str, kv_cache_dtype: str,
              force: bool) -> ConvertResult:
-    from nemo_trt.build.convert import convert_checkpoint
+    from nemo_trt.build.convert import ConversionResult, convert_checkpoint
 
-    kwargs = dict(tp=tp, pp=pp, precision=precision, kv_cache_dtype=kv_cache_dtype, progress=False)
+    def convert(replace: bool) -> ConversionResult:
+        return convert_checkpoint(hf_dir, out_dir, tp=tp, pp=pp, precision=precision, kv_cache_dtype=kv_cache_dtype,
+                                  progress=False, force=replace)
+
     try:
-        result = convert_checkpoint(hf_dir, out_dir, force=False, **kwargs)
+        result = convert(replace=False)
     except NemoTrtError as exc:
         # An output made from other inputs (another profile's layout, an edited source): with
         # --force replace it (atomically: the old one stays until the new one is complete).
         if not (force and out_dir.exists() and "already exists" in exc.problem):
             raise
-        result = convert_checkpoint(hf_dir, out_dir, force=True, **kwargs)
+        result = convert(replace=True)
     fingerprint, source = checkpoint_fingerprints(out_dir)
     return ConvertResult(fingerprint=fingerprint, source_fingerprint=source, reused=bool(result.up_to_date),
                          detail={"bytes_written": result.bytes_written, "kv_cache_dtype": result.kv_cache_dtype,
@@ -473,7 +476,9 @@ def run_build(p: Prepared, *, toolchain: Toolchain, report: Reporter | None = No
 
     # verify (cached by the converted checkpoint's fingerprint)
     t0 = time.monotonic()
-    prev = stages_state.get("verify") if isinstance(stages_state.get("verify"), dict) else {}
+    prev = stages_state.get("verify")
+    if not isinstance(prev, dict):
+        prev = {}
     if prev.get("ok") and conv.fingerprint and prev.get("checkpoint_fingerprint") == conv.fingerprint:
         say("verify", "checkpoint already verified")
         record(StageResult("verify", "cached", time.monotonic() - t0,

@@ -121,9 +121,9 @@ def activation_bytes(spec: ModelSpec, *, tp: int, max_num_tokens: int, max_batch
     h, d = spec.hidden_size, spec.head_dim
     first, last = layers
     stage = spec.layers[first:last + 1]
-    qkv = max(((spec.num_attention_heads // tp + 2 * accounting.kv_heads_per_rank(layer.num_kv_heads, tp)) * d
+    qkv = max(((spec.num_attention_heads // tp + 2 * accounting.kv_heads_per_rank(layer.attention_kv_heads, tp)) * d
                for layer in stage if layer.has_kv_cache), default=0)
-    dff = max((accounting.ceil_div(layer.intermediate_size, tp) for layer in stage if layer.ffn is FFNKind.MLP),
+    dff = max((accounting.ceil_div(layer.mlp_intermediate_size, tp) for layer in stage if layer.ffn is FFNKind.MLP),
               default=0)
     if any(layer.ffn is FFNKind.LINEAR for layer in stage):
         dff = max(dff, accounting.ceil_div(h, tp))

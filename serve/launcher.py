@@ -33,7 +33,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from nemo_trt.errors import NemoTrtError
 
@@ -455,7 +455,7 @@ class TritonServer:
         self.world_size = 1
         self.startup_seconds: float | None = None
         self._shm_prefix = f"nemo_trt_{os.getpid()}_{id(self) & 0xFFFF:x}_"
-        self._log_handle = None
+        self._log_handle: IO[bytes] | None = None
 
     # -- urls -------------------------------------------------------------
     @property
@@ -525,21 +525,21 @@ class TritonServer:
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the server in order
         )
         try:
-            self._wait_ready(began)
+            self._wait_ready(self.process, self.log_file, began)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - began
         return self
 
-    def _wait_ready(self, began: float) -> None:
+    def _wait_ready(self, process: subprocess.Popen, log_file: Path, began: float) -> None:
         url = f"{self.http_url}/v2/health/ready"
         while True:
-            code = self.process.poll()
+            code = process.poll()
             if code is not None:
                 raise NemoTrtError(
                     f"tritonserver exited with code {code} while starting; last log lines "
-                    f"({self.log_file}):\n{_tail(self.log_file)}",
+                    f"({log_file}):\n{_tail(log_file)}",
                     "fix the model load error above (model config, checkpoint path, Python packages)",
                 )
             try:
@@ -551,7 +551,7 @@ class TritonServer:
             if time.monotonic() - began > self.startup_timeout:
                 raise NemoTrtError(
                     f"tritonserver not ready after {self.startup_timeout:.0f} s; last log lines "
-                    f"({self.log_file}):\n{_tail(self.log_file)}",
+                    f"({log_file}):\n{_tail(log_file)}",
                     "look for a model stuck loading above; raise the startup timeout for big models",
                 )
             time.sleep(0.1)
@@ -588,6 +588,12 @@ class TritonServer:
             with contextlib.suppress(OSError):
                 path.unlink()
         return code
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("server not started")
+        return self.process.pid
 
     def wait(self) -> int:
         """Block until the server exits (Ctrl-C is the caller's to handle)."""

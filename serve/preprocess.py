@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Tokenizer
 
-from nemo_trt.model_facts import ServingFacts
+from nemo_trt.model_facts import Reasoning, ServingFacts
 from nemo_trt.serve.prompt import PromptError, PromptRenderer, decode_utf8, parse_messages, parse_reasoning
 
 
@@ -27,7 +27,7 @@ class PreprocessSettings:
     max_input_len: int
     max_seq_len: int
     default_max_tokens: int
-    default_reasoning: str = "on"
+    default_reasoning: Reasoning = "on"
 
 
 @dataclass
@@ -71,7 +71,7 @@ class PreparedRequest:
     stop_words: np.ndarray  # [2, L] int32, TensorRT-LLM word-list format
     bad_words: np.ndarray  # [2, L] int32
     sampling: Sampling
-    reasoning: str
+    reasoning: Reasoning
     stream: bool
     min_tokens: int = 1  # TensorRT-LLM's default: the end id may come first
 
@@ -94,7 +94,7 @@ def word_list(words: list[list[int]]) -> np.ndarray:
     return result
 
 
-def effective_sampling(reasoning: str, facts: ServingFacts, temperature: float | None,
+def effective_sampling(reasoning: Reasoning, facts: ServingFacts, temperature: float | None,
                        top_p: float | None, top_k: int | None) -> Sampling:
     """No sampling field given: the mode's recommendation. Any given: those, neutral
     values for the rest (temperature 1, top_p 1, top_k 0 = off), like OpenAI servers."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from nemo_trt.model_facts import DEFAULT_MODEL, ServingFacts, load_serving_facts
+from nemo_trt.model_facts import DEFAULT_MODEL, Reasoning, ServingFacts, load_serving_facts
 
 ROLES = ("system", "user", "assistant")
 BOS = "<|begin_of_text|>"
@@ -46,7 +46,7 @@ class ChatMessage:
 @dataclass(frozen=True)
 class RenderedPrompt:
     ids: list[int]
-    reasoning: str  # "on" | "off": the mode the system turn selects
+    reasoning: Reasoning  # the mode the system turn selects
 
 
 def decode_utf8(raw: bytes | str, what: str) -> str:
@@ -90,13 +90,13 @@ def parse_messages(raw: bytes | str | list) -> list[ChatMessage]:
     return messages
 
 
-def parse_reasoning(value: bytes | str | None, default: str) -> str:
+def parse_reasoning(value: bytes | str | None, default: Reasoning | None) -> Reasoning | None:
     if value is None:
         return default
     text = decode_utf8(value, "reasoning").strip().lower()
     if text == "":
         return default
-    aliases = {"on": "on", "off": "off", "true": "on", "false": "off", "1": "on", "0": "off"}
+    aliases: dict[str, Reasoning] = {"on": "on", "off": "off", "true": "on", "false": "off", "1": "on", "0": "off"}
     if text not in aliases:
         raise PromptError(f"reasoning must be 'on' or 'off', got {text!r}")
     return aliases[text]
@@ -122,7 +122,7 @@ class PromptRenderer:
         self._headers = {role: [self._special[START_HEADER]] + self.encode_text(role) + [self._special[END_HEADER]]
                          for role in ROLES}
         self._assistant_prefix = self._headers["assistant"] + self.encode_text("\n\n")
-        self._system_turns: dict[str, list[int]] = {}
+        self._system_turns: dict[Reasoning, list[int]] = {}
 
     @classmethod
     def from_dir(cls, tokenizer_dir: str | Path, facts: ServingFacts | None = None) -> PromptRenderer:
@@ -141,14 +141,14 @@ class PromptRenderer:
             header = [self._special[START_HEADER]] + self.encode_text(role) + [self._special[END_HEADER]]
         return header + self.encode_text("\n\n" + content) + [self._special[EOT]]
 
-    def _system_turn(self, mode: str) -> list[int]:
+    def _system_turn(self, mode: Reasoning) -> list[int]:
         turn = self._system_turns.get(mode)
         if turn is None:
             turn = self._system_turns[mode] = self._turn("system", self.facts.system_prompt(mode))
         return turn
 
-    def render(self, messages: list[ChatMessage], reasoning: str | None = None,
-               default: str | None = None) -> RenderedPrompt:
+    def render(self, messages: list[ChatMessage], reasoning: Reasoning | None = None,
+               default: Reasoning | None = None) -> RenderedPrompt:
         """`reasoning` None: a system-message switch, else `default` (else the model's) decides."""
         messages = list(messages)
         client_system = None
@@ -175,5 +175,6 @@ class PromptRenderer:
         ids += self._assistant_prefix
         return RenderedPrompt(ids, mode)
 
-    def render_text(self, text: str, reasoning: str | None = None, default: str | None = None) -> RenderedPrompt:
+    def render_text(self, text: str, reasoning: Reasoning | None = None,
+                    default: Reasoning | None = None) -> RenderedPrompt:
         return self.render([ChatMessage("user", text)], reasoning, default)

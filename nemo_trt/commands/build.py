@@ -109,13 +109,13 @@ def _render_dry_run(prepared, info: dict, console) -> None:
 def _run_with_progress(prepared, toolchain, out) -> dict:
     import time
 
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
     from nemo_trt.build.pipeline import run_build
 
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<8}[/] {task.description}"),
                   TimeElapsedColumn(), console=out, transient=False) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
         started: dict[str, float] = {}
 
         def report(stage: str, message: str) -> None:

@@ -66,7 +66,7 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
                 server.start()
         endpoints = {"http": server.http_url, "grpc": server.grpc_url, "metrics": server.metrics_url,
                      "log": str(server.log_file), "startup_seconds": round(server.startup_seconds or 0, 2),
-                     "world_size": server.world_size, "pid": server.process.pid}
+                     "world_size": server.world_size, "pid": server.pid}
         if as_json:
             print_json(endpoints)
         else:
@@ -75,8 +75,8 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
         raise SystemExit(_died(server, code))
     except KeyboardInterrupt:
         err_console.print("stopping tritonserver …")
-        code = server.stop()
-        err_console.print(f"stopped (exit code {code})")
+        stopped = server.stop()
+        err_console.print(f"stopped (exit code {stopped})")
     finally:
         server.stop()
         for sig, handler in previous.items():
