@@ -27,10 +27,11 @@ import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from nemo_trt.build.engine_manifest import (
     EngineFile,

@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -73,10 +72,12 @@ def read_shard_header(path: Path) -> ShardHeader:
                 raise NemoTrtError(f"{path}: not a safetensors file (shorter than 8 bytes)", fix)
             (hlen,) = struct.unpack("<Q", raw_len)
             if hlen > _MAX_HEADER or 8 + hlen > size:
-                raise NemoTrtError(f"{path}: safetensors header length {hlen} does not fit the file ({size} bytes)", fix)
+                raise NemoTrtError(f"{path}: safetensors header length {hlen} does not fit the file ({size} bytes)",
+                                   fix)
             raw = fh.read(hlen)
     except OSError as exc:
-        raise NemoTrtError(f"cannot read {path}: {exc.strerror or exc}", "check the file exists and is readable") from exc
+        raise NemoTrtError(f"cannot read {path}: {exc.strerror or exc}",
+                           "check the file exists and is readable") from exc
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -141,7 +142,8 @@ class HFCheckpoint:
             files = sorted(p.name for p in self.directory.glob("*.safetensors"))
             if not files:
                 raise NemoTrtError(f"no *.safetensors files in {self.directory}",
-                                   "nemo-trt reads safetensors checkpoints; convert .bin weights with transformers first")
+                                   "nemo-trt reads safetensors checkpoints; "
+                                   "convert .bin weights with transformers first")
         for f in files:
             header = read_shard_header(self.directory / f)
             self.shards[f] = header
@@ -198,7 +200,7 @@ class HFCheckpoint:
     def close(self) -> None:
         self._open.clear()
 
-    def __enter__(self) -> "HFCheckpoint":
+    def __enter__(self) -> HFCheckpoint:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -280,7 +282,8 @@ def write_hf_checkpoint(
             for t in shard:
                 tensor = t.make()
                 if tuple(tensor.shape) != tuple(t.shape) or tensor.dtype != t.dtype:
-                    raise ValueError(f"{t.name}: made {tensor.dtype}{list(tensor.shape)}, declared {t.dtype}{list(t.shape)}")
+                    raise ValueError(f"{t.name}: made {tensor.dtype}{list(tensor.shape)}, "
+                                     f"declared {t.dtype}{list(t.shape)}")
                 data[t.name] = tensor.contiguous()
                 weight_map[t.name] = fname
                 total += t.nbytes

@@ -249,7 +249,8 @@ def make_plan(spec: ModelSpec, profile: GpuProfile, *, precision: str | None = N
                 "(max_seq_len counts prompt plus generated tokens)",
                 f"use --max-input-len {s['max_seq_len'] // 2} or raise --max-seq-len",
             )
-        reasons["max_input_len"] = f"half of max_seq_len {s['max_seq_len']} (profile value {s['max_input_len']} did not fit)"
+        reasons["max_input_len"] = (f"half of max_seq_len {s['max_seq_len']} "
+                                    f"(profile value {s['max_input_len']} did not fit)")
         s["max_input_len"] = max(1, s["max_seq_len"] // 2)
     if input_len <= 0 or output_len <= 0:
         raise NemoTrtError("--input-len and --output-len must be positive", "pass positive token counts")

@@ -170,11 +170,11 @@ class ModelSpec:
 
     # ---- parsing ---------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], name: str | None = None, source: str = "config.json") -> "ModelSpec":
+    def from_config(cls, cfg: dict[str, Any], name: str | None = None, source: str = "config.json") -> ModelSpec:
         return _parse(cfg, name=name, source=source)
 
     @classmethod
-    def from_path(cls, path: str | Path, name: str | None = None) -> "ModelSpec":
+    def from_path(cls, path: str | Path, name: str | None = None) -> ModelSpec:
         """Parse a model directory (with config.json) or a config.json file."""
         path = Path(path)
         cfg_path = path / "config.json" if path.is_dir() else path

@@ -154,7 +154,7 @@ def verify_checkpoint(checkpoint: str | Path, converted: str | Path, *, logits: 
                 continue
             want = src.read(name)
             if src.is_fp8(name):
-                want = fp8.dequantize(want, src.weight_scale(name), torch.float32 if got.dtype == torch.float32 else got.dtype)
+                want = fp8.dequantize(want, src.weight_scale(name), got.dtype)
             report.tensors_checked += 1
             if got.dtype != torch.float32:  # unquantized: must be bit-exact (after the documented dtype cast)
                 if not torch.equal(got, want.to(got.dtype)):
@@ -168,7 +168,8 @@ def verify_checkpoint(checkpoint: str | Path, converted: str | Path, *, logits: 
             if not rel <= FP8_REL_TOL:
                 p.append(f"{name}: FP8 relative error {rel:.4f} exceeds {FP8_REL_TOL:.4f}")
     report.worst = sorted(errors, key=lambda e: -e.rel_error)[:5]
-    missing = set(spec.hf_tensor_shapes()) - {s for r in range(out.pp) for rule in out.stage_rules(r) for s in rule.sources}
+    covered = {s for r in range(out.pp) for rule in out.stage_rules(r) for s in rule.sources}
+    missing = set(spec.hf_tensor_shapes()) - covered
     if missing:
         p.append(f"converted checkpoint does not cover {sorted(missing)[:3]}")
     # 5. logits

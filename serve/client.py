@@ -285,9 +285,11 @@ def _grpc_stream(url: str, request: GenerateRequest, stream: bool, timeout: floa
 def _classify_error(client, url: str, model: str, error: Exception) -> NemoTrtError:
     message = str(error)
     status = str(getattr(error, "status", lambda: "")() or "")
-    if "UNAVAILABLE" in status or "Socket closed" in message or "failed to connect" in message.lower() or "unavailable" in message.lower():
+    lowered = message.lower()
+    if ("UNAVAILABLE" in status or "Socket closed" in message
+            or "failed to connect" in lowered or "unavailable" in lowered):
         return _explain_unavailable(client, url, model, "grpc", error)
-    if "unknown model" in message.lower() or "is not ready" in message.lower():
+    if "unknown model" in lowered or "is not ready" in lowered:
         return _explain_unavailable(client, url, model, "grpc", error)
     return GenerateError(f"the server rejected the request: {message}")
 

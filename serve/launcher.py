@@ -221,7 +221,8 @@ def read_repository(repo: Path) -> list[RepoModel]:
     from tritonclient.grpc import model_config_pb2
 
     if not repo.is_dir():
-        raise NemoTrtError(f"model repository {repo} does not exist", "write one with `nemo-trt repo` or `nemo-trt build`")
+        raise NemoTrtError(f"model repository {repo} does not exist",
+                           "write one with `nemo-trt repo` or `nemo-trt build`")
     models = []
     for config_path in sorted(repo.glob("*/config.pbtxt")):
         text = config_path.read_text()

@@ -142,7 +142,8 @@ class Preprocessor:
         for name in ("beam_width", "num_return_sequences"):
             value = getattr(fields, name)
             if value is not None and value != 1:
-                raise PromptError(f"{name}={value} is not supported: this deployment generates one sequence (beam width 1)")
+                raise PromptError(f"{name}={value} is not supported: "
+                                  "this deployment generates one sequence (beam width 1)")
         explicit = parse_reasoning(fields.reasoning, None) if fields.reasoning is not None else None
         text = fields.text_input
         if text is not None and decode_utf8(text, "text_input") == "" and fields.messages is not None:

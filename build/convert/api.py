@@ -60,9 +60,11 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
     dtype = DTYPE_NAMES.get(spec.torch_dtype, "bfloat16")
     if precision == "fp8" and dtype == "float32":
         dtype = "bfloat16"  # FP8 GEMMs run with 16-bit activations
-    if src.quantized and kv_cache_dtype == "fp8" and any(src.kv_scale(l.index) is None for l in spec.attention_layers):
+    if src.quantized and kv_cache_dtype == "fp8" and any(src.kv_scale(layer.index) is None
+                                                          for layer in spec.attention_layers):
         raise NemoTrtError("the FP8 checkpoint has no k_scale/v_scale for an FP8 KV cache",
-                           "use --kv-cache-dtype bf16, or convert the BF16 checkpoint (nemo-trt calibrates the KV cache)")
+                           "use --kv-cache-dtype bf16, "
+                           "or convert the BF16 checkpoint (nemo-trt calibrates the KV cache)")
     needs_calibration = not src.quantized and (precision == "fp8" or kv_cache_dtype == "fp8")
     prompts = cal.load_prompts(calib_prompts) if needs_calibration and calibration is None else None
     calib_settings = (calibration.settings if calibration is not None and needs_calibration else

@@ -12,23 +12,22 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
 from nemo_trt.build.convert import fp8
 from nemo_trt.build.convert.mapping import RankMapping, rank_of
+from nemo_trt.build.convert.trtllm_config import rank_file
 from nemo_trt.build.convert.weight_map import Rule, hf_module, pieces_for_rank, rank_rules
 from nemo_trt.build.convert.writer import Entry, StreamingSafetensorsWriter, disk_error
 from nemo_trt.build.hf_checkpoint import DTYPES, TORCH_TO_ST
-
-DTYPE_OF_ST = {name: dt for name, (dt, _) in DTYPES.items()}
-from nemo_trt.build.convert.trtllm_config import rank_file
 from nemo_trt.build.spec import ModelSpec
 from nemo_trt.errors import NemoTrtError
 
+DTYPE_OF_ST = {name: dt for name, (dt, _) in DTYPES.items()}
 PRECISIONS = ("bf16", "fp8")
 KV_DTYPES = ("bf16", "fp8")
 _TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -135,9 +134,10 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
     spec = src.spec
     layout = rank_entries(spec, RankMapping(job.tp, job.pp, rank_of(job.tp_ranks[0], job.pp_rank, job.tp)), job.quant)
     all_entries = [e for _, es in layout for e in es]
-    threaded = len(job.tp_ranks) > 1 or os.cpu_count() and os.cpu_count() > 1
-    writers = {r: StreamingSafetensorsWriter(Path(job.out_dir) / rank_file(rank_of(r, job.pp_rank, job.tp)), all_entries,
-                                             threaded=bool(threaded))
+    threaded = len(job.tp_ranks) > 1 or (os.cpu_count() or 1) > 1
+    out_dir = Path(job.out_dir)
+    writers = {r: StreamingSafetensorsWriter(out_dir / rank_file(rank_of(r, job.pp_rank, job.tp)), all_entries,
+                                             threaded=threaded)
                for r in job.tp_ranks}
     inflight = InFlight(list(writers.values()))
     try:
@@ -146,9 +146,10 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
                 copy_rows(rule, src, job, writers, report, inflight)
                 continue
             held = sum(src.nbytes(n) for n in rule.sources)
-            if src.is_fp8(rule.sources[0]) or any(src.ckpt.tensors[n].dtype != TORCH_TO_ST[weight_dtype(rule, job.quant)]
-                                                  for n in rule.sources):
-                held += sum(e.nbytes for e in entries) * len(job.tp_ranks)  # cast / (re)quantized pieces are new tensors
+            target = TORCH_TO_ST[weight_dtype(rule, job.quant)]
+            if src.is_fp8(rule.sources[0]) or any(src.ckpt.tensors[n].dtype != target for n in rule.sources):
+                # cast / (re)quantized pieces are new tensors
+                held += sum(e.nbytes for e in entries) * len(job.tp_ranks)
             inflight.admit(held)
             for r, tensors in produce(rule, src, job.quant, job.tp, job.tp_ranks):
                 part = None

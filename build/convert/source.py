@@ -53,7 +53,8 @@ def read_source_quant(directory: Path, spec: ModelSpec) -> SourceQuant:
             method = qc.get("quant_method")
             if method != "modelopt":
                 raise NemoTrtError(f"checkpoint is quantized with {method!r}, which nemo-trt cannot convert",
-                                   "use the BF16 checkpoint (nemo-trt quantizes to FP8 itself) or a ModelOpt FP8 export")
+                                   "use the BF16 checkpoint (nemo-trt quantizes to FP8 itself) "
+                                   "or a ModelOpt FP8 export")
             block, producer = qc, "modelopt"
     if block is None:
         return SourceQuant(None, None, None)
@@ -122,7 +123,8 @@ class SourceWeights:
         try:
             with open(path, "rb", buffering=0) as fh:
                 if os.fstat(fh.fileno()).st_size < start + (end - begin):
-                    raise NemoTrtError(f"{path} ended while reading {name!r}", f"re-download {info.shard}; it is truncated")
+                    raise NemoTrtError(f"{path} ended while reading {name!r}",
+                                       f"re-download {info.shard}; it is truncated")
                 buf = _map(fh, start, end - begin, dtype.itemsize)
                 if buf is None:
                     buf = _read(fh, start, end - begin, path, name, info.shard)

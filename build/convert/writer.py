@@ -22,9 +22,9 @@ import os
 import queue
 import struct
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -51,7 +51,8 @@ class Entry:
 
 def disk_error(path: Path, exc: OSError) -> NemoTrtError:
     if exc.errno == errno.ENOSPC:
-        return NemoTrtError(f"disk full while writing {path}", "free space on the output filesystem or choose another --output")
+        return NemoTrtError(f"disk full while writing {path}",
+                            "free space on the output filesystem or choose another --output")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return NemoTrtError(f"cannot write {path}: {exc.strerror}", "choose an output directory you can write to")
     return NemoTrtError(f"cannot write {path}: {exc.strerror or exc}", "check the output filesystem")
@@ -205,7 +206,8 @@ class StreamingSafetensorsWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         e = self.entries[self._next]
         if name != e.name or tuple(tensor.shape) != e.shape or tensor.dtype != e.dtype:
-            raise AssertionError(f"writer expected {e.name} {e.dtype}{list(e.shape)}, got {name} {tensor.dtype}{list(tensor.shape)}")
+            raise AssertionError(f"writer expected {e.name} {e.dtype}{list(e.shape)}, "
+                                 f"got {name} {tensor.dtype}{list(tensor.shape)}")
         if e.nbytes:
             if self._queue is not None:
                 if self._error is not None:

@@ -17,8 +17,9 @@ vLLM `nemotron_nas.py`): a no-op sub-block passes the residual stream through.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -222,7 +223,7 @@ class ReferenceModel(nn.Module):
         spec: ModelSpec,
         tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
         dtype: torch.dtype = torch.float32,
-    ) -> "ReferenceModel":
+    ) -> ReferenceModel:
         """Build from HF-named tensors; every tensor of the spec must be present with its shape."""
         items = tensors.items() if isinstance(tensors, Mapping) else tensors
         expected = spec.hf_tensor_shapes()
@@ -259,7 +260,7 @@ class ReferenceModel(nn.Module):
         return model.to(dtype).eval()
 
     @classmethod
-    def from_hf(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "ReferenceModel":
+    def from_hf(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> ReferenceModel:
         """Load an HF DeciLM/Llama safetensors checkpoint (validated lazily by HFCheckpoint)."""
         from nemo_trt.build.hf_checkpoint import HFCheckpoint
 
@@ -268,7 +269,7 @@ class ReferenceModel(nn.Module):
             return cls.from_state_dict(ckpt.spec, ckpt.iter_tensors(), dtype=dtype)
 
     @classmethod
-    def from_converted(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "ReferenceModel":
+    def from_converted(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> ReferenceModel:
         """Load a converted TensorRT-LLM checkpoint (TP/PP merged, qkv unfused, FP8 dequantized)."""
         try:
             from nemo_trt.build.convert.reader import read_converted_as_hf
@@ -316,8 +317,8 @@ class ReferenceModel(nn.Module):
             raise NemoTrtError("the prompt is empty", "pass at least one token id")
         return self.forward(torch.tensor([ids], dtype=torch.long))[0].float()
 
-    def start_session(self, prompt_ids: Sequence[int], sampling: "SamplingParams | None" = None,
-                      stop_ids: Iterable[int] = (), max_new_tokens: int = 256) -> "Session":
+    def start_session(self, prompt_ids: Sequence[int], sampling: SamplingParams | None = None,
+                      stop_ids: Iterable[int] = (), max_new_tokens: int = 256) -> Session:
         from nemo_trt.reference.sampling import SamplingParams
         from nemo_trt.reference.session import Session
 
@@ -325,7 +326,7 @@ class ReferenceModel(nn.Module):
                        stop_ids, max_new_tokens)
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
-                 sampling: "SamplingParams | None" = None, stop_ids: Iterable[int] = ()) -> list[int]:
+                 sampling: SamplingParams | None = None, stop_ids: Iterable[int] = ()) -> list[int]:
         """Generated ids (the stop token, when one is hit, is the last element — like HF generate)."""
         session = self.start_session(prompt_ids, sampling, stop_ids, max_new_tokens)
         while session.step() is not None:
