@@ -100,9 +100,13 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def _mapping(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def _benchmark_point(doc: dict, source: str) -> LoadPoint:
-    config = doc.get("input_config") if isinstance(doc.get("input_config"), dict) else {}
-    loadgen = config.get("loadgen") if isinstance(config.get("loadgen"), dict) else {}
+    config = _mapping(doc.get("input_config"))
+    loadgen = _mapping(config.get("loadgen"))
     aiperf = "aiperf_version" in doc or bool(loadgen)
     rps = _stat(doc, "request_throughput", "avg")
     if not rps:
@@ -121,12 +125,13 @@ def _benchmark_point(doc: dict, source: str) -> LoadPoint:
 
 
 def _regress_point(doc: dict, source: str) -> LoadPoint:
-    outputs = [c.get("output") for c in doc.get("cases", []) if isinstance(c, dict) and c.get("output")]
+    outputs = [_mapping(c.get("output")) for c in doc.get("cases", []) if isinstance(c, dict) and c.get("output")]
     wall = doc.get("wall_s")
     if not outputs or not isinstance(wall, (int, float)) or wall <= 0:
         raise NemoTrtError(f"{source}: a `nemo-trt regress` report without completed cases or wall_s",
                            "pass the --json output of a `nemo-trt regress check` run that completed")
-    ttfts = [o["timings"]["ttft_s"] * 1000 for o in outputs if (o.get("timings") or {}).get("ttft_s") is not None]
+    ttfts = [_mapping(o.get("timings"))["ttft_s"] * 1000 for o in outputs
+             if _mapping(o.get("timings")).get("ttft_s") is not None]
     osl = [o["num_output_tokens"] for o in outputs if isinstance(o.get("num_output_tokens"), int)]
     isl = [o["num_input_tokens"] for o in outputs if isinstance(o.get("num_input_tokens"), int)]
     return LoadPoint(
@@ -143,7 +148,8 @@ def read_load_point(path: str | Path) -> LoadPoint:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise NemoTrtError(f"cannot read measurement {path}: {exc}",
-                           "pass a genai-perf/AIPerf profile_export JSON or `nemo-trt regress check --json` output")
+                           "pass a genai-perf/AIPerf profile_export JSON or `nemo-trt regress check --json` output"
+                           ) from exc
     if not isinstance(doc, dict):
         raise NemoTrtError(f"{path} is not a JSON object", "pass a profile_export JSON")
     if "request_throughput" in doc:

@@ -81,7 +81,8 @@ def render_capacity(cap, console: Console) -> None:
         f"{cap.utilization:.0%} utilization" + (f", TTFT ~{cap.ttft_ms:.0f} ms" if cap.ttft_ms is not None else "")
         + ")"
     )
-    title = "measured" if cap.basis == "measured" else "assumptions (an estimate: measure one replica and pass --measured)"
+    title = ("measured" if cap.basis == "measured"
+             else "assumptions (an estimate: measure one replica and pass --measured)")
     console.print(f"[bold]{title}:[/]")
     for line in cap.assumptions:
         console.print(f"  - {line}", soft_wrap=True)

@@ -1,4 +1,5 @@
-"""Capacity planning (nemo_trt.build.capacity, `nemo-trt plan --rate`): replicas from measured or estimated throughput."""
+"""Capacity planning (nemo_trt.build.capacity, `nemo-trt plan --rate`): replicas from measured or estimated
+throughput."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
-"""`nemo-trt deploy k8s`: manifests for every profile and the 2x4 multi-node layout, valid offline and true to the build.
+"""`nemo-trt deploy k8s`: manifests for every profile and the 2x4 multi-node layout, valid offline and true to
+the build.
 
 Every rendered object is validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict)
 and the vendored CRD schemas (tests/schemas). Golden renders are in tests/golden/k8s; regenerate
@@ -74,7 +75,7 @@ def test_every_object_is_valid_in_strict_mode(workdirs, case, openai):
             "ServiceAccount"} <= kinds
     assert ("LeaderWorkerSet" if case == "a100x8-2x4" else "Deployment") in kinds
     for version in K8S_VERSIONS:
-        for name, doc in objects.items():
+        for doc in objects.values():
             validate(doc, version)
 
 
@@ -213,7 +214,7 @@ def test_security_defaults_and_no_secret_literal(workdirs, case):
     objects = docs(workdirs[case], openai=True)
     assert "Secret" not in {d["kind"] for d in objects.values()}  # keys are the user's to create
     assert objects["serviceaccount.yaml"]["automountServiceAccountToken"] is False
-    for role, pod in pod_specs(objects).items():
+    for pod in pod_specs(objects).values():
         spec = pod["spec"]
         assert spec["automountServiceAccountToken"] is False and spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["runAsUser"] != 0

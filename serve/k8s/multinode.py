@@ -129,7 +129,9 @@ def prepare_worker(ssh_dir: Path, port: int, *, env: Mapping[str, str], tmp: Pat
     _private_copy(client_pub, runtime / "authorized_keys")
     config = runtime / "sshd_config"
     config.write_text(sshd_config(runtime, port, env))
-    sshd = shutil.which("sshd", path=env.get("PATH")) or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").is_file() else None)
+    sshd = shutil.which("sshd", path=env.get("PATH"))
+    if sshd is None and Path("/usr/sbin/sshd").is_file():
+        sshd = "/usr/sbin/sshd"
     if sshd is None:
         raise NemoTrtError("this image has no sshd, which the worker pods of a multi-node group run",
                            "build the image from nemo-trt's Dockerfile (it installs openssh-server)")

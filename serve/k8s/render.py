@@ -317,7 +317,8 @@ def _pod_annotations(wd: BuiltWorkdir) -> dict[str, str]:
             "nemo-trt/engines": wd.engine_digest, "nemo-trt/trtllm-version": wd.engines.trtllm_version}
 
 
-def _pod_spec(opts: DeployOptions, wd: BuiltWorkdir, containers: list[k.Container], volumes: list[k.Volume]) -> k.PodSpec:
+def _pod_spec(opts: DeployOptions, wd: BuiltWorkdir, containers: list[k.Container],
+              volumes: list[k.Volume]) -> k.PodSpec:
     return k.PodSpec(
         service_account_name=opts.name,
         security_context=k.PodSecurityContext(run_as_user=RUN_AS, run_as_group=RUN_AS, fs_group=RUN_AS),
@@ -461,8 +462,9 @@ def _hpa(wd: BuiltWorkdir, opts: DeployOptions, target: k.K8s) -> k.HorizontalPo
     return k.HorizontalPodAutoscaler(metadata=_meta(opts), spec=k.HorizontalPodAutoscalerSpec(
         scale_target_ref=k.CrossVersionObjectReference(api_version=api_version, kind=kind, name=opts.name),
         min_replicas=opts.replicas, max_replicas=opts.max_replicas or max(4, opts.replicas),
-        metrics=[k.MetricSpec(pods=k.PodsMetricSource(metric=k.MetricIdentifier(name=HPA_METRIC),
-                                                       target=k.MetricTarget(average_value=str(target_in_flight(wd, opts)))))],
+        metrics=[k.MetricSpec(pods=k.PodsMetricSource(
+            metric=k.MetricIdentifier(name=HPA_METRIC),
+            target=k.MetricTarget(average_value=str(target_in_flight(wd, opts)))))],
         # a replica loads its engines for minutes: add capacity after a minute of load, remove it slowly
         behavior=k.HorizontalPodAutoscalerBehavior(
             scale_up=k.HPAScalingRules(stabilization_window_seconds=60, select_policy="Max", policies=[
