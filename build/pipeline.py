@@ -58,6 +58,7 @@ class BuildRequest:
     until: str = "repo"
     force: bool = False
     workers: int | None = None
+    gpus_per_node: int | None = None  # split the layout over nodes of this size (nemo_trt.build.layout)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ class Prepared:
 def prepare(request: BuildRequest, *, toolchain: Toolchain | None = None) -> Prepared:
     """Resolve the profile and make the plan. Pure apart from reading the HF config (and GPUs for --gpu auto)."""
     from nemo_trt.build.gpu_detect import match_profile
-    from nemo_trt.build.planner import make_plan
+    from nemo_trt.build.layout import make_node_plan
     from nemo_trt.build.profiles import load_profile
     from nemo_trt.build.spec import ModelSpec
     from nemo_trt.model_facts import resolve_model
@@ -214,8 +215,9 @@ def prepare(request: BuildRequest, *, toolchain: Toolchain | None = None) -> Pre
         profile = match_profile(list(toolchain.gpus))
     else:
         profile = load_profile(request.gpu)
-    plan = make_plan(spec, profile, precision=request.precision, variant=request.variant,
-                     max_seq_len=request.max_seq_len, max_batch_size=request.max_batch_size)
+    plan = make_node_plan(spec, profile, precision=request.precision, variant=request.variant,
+                          max_seq_len=request.max_seq_len, max_batch_size=request.max_batch_size,
+                          gpus_per_node=request.gpus_per_node)
     return Prepared(request=request, workdir=Workdir(Path(request.output).absolute()), hf_dir=hf_dir,
                     spec=spec, profile=profile, plan=plan)
 
@@ -330,8 +332,10 @@ def check_gpus(p: Prepared, toolchain: Toolchain) -> None:
     families = {getattr(g, "family", None) for g in gpus}
     if families != {prof.family}:
         problems.append(f"GPU model differs (profile: {prof.name}; here: {', '.join(sorted({g.name for g in gpus}))})")
-    if len(gpus) < prof.count:
-        problems.append(f"{len(gpus)} GPU(s) here, the profile needs {prof.count}")
+    # A multi-node layout is built on one of its nodes (trtllm-build builds rank by rank).
+    need = p.plan.gpus_per_node if getattr(p.plan, "nodes", 1) > 1 else prof.count
+    if len(gpus) < need:
+        problems.append(f"{len(gpus)} GPU(s) here, the profile needs {need}")
     smallest = min((g.memory_mib for g in gpus), default=0)
     if smallest < prof.memory_mib * (1 - GPU_MEMORY_TOLERANCE):
         problems.append(f"{smallest} MiB per GPU here, the profile plans for {prof.memory_mib} MiB")

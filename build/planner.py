@@ -109,6 +109,9 @@ class Plan(BaseModel):
     concurrent_sequences: int = 0  # min(kv_limited_sequences, max_batch_size)
     total_weight_bytes: int = 0  # sum over ranks (replicated embedding counted per rank)
     activation_formula: str = ""
+    # set by nemo_trt.build.layout when the caller gives the GPUs of one node
+    nodes: int = 1  # nodes one engine's ranks span
+    gpus_per_node: int | None = None  # trtllm-build --gpus_per_node when nodes > 1
 
     @property
     def max_rank_weight_bytes(self) -> int:

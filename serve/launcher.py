@@ -42,6 +42,7 @@ SYSTEM_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
 SHM_DIR = Path("/dev/shm")
 DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
 TRTLLM_MODEL_NAME = "tensorrt_llm"
+STDOUT_LOG = "-"  # log_file value: inherit stdout instead of writing a file
 
 
 # --------------------------------------------------------------------------- locating the server
@@ -292,6 +293,7 @@ class ServerOptions:
     shm_prefix: str | None = None  # python backend shared-memory region prefix
     exit_timeout: int | None = None  # seconds Triton waits for in-flight work on SIGTERM (its default: 30)
     extra_args: list[str] = field(default_factory=list)
+    mpi_hostfile: Path | None = None  # ranks over several hosts (nemo_trt.serve.k8s.multinode writes it)
 
 
 def tritonserver_args(binary: Path | str, options: ServerOptions, rank: int = 0) -> list[str]:
@@ -333,6 +335,9 @@ def server_command(binary: Path | str, options: ServerOptions, world_size: int =
     if world_size == 1:
         return tritonserver_args(binary, options, 0)
     command = [mpirun, "--allow-run-as-root"]
+    if options.mpi_hostfile is not None:
+        # fill each host's slots in rank order: a TP group never straddles two hosts
+        command += ["--hostfile", str(options.mpi_hostfile), "--map-by", "slot", "--bind-to", "none"]
     for rank in range(world_size):
         if rank:
             command.append(":")
@@ -418,6 +423,8 @@ def cleanup_stale_shm(shm_dir: Path = SHM_DIR) -> int:
 
 
 def _tail(path: Path, lines: int = 40) -> str:
+    if str(path) == STDOUT_LOG:
+        return "(the server log went to standard output, above)"
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -437,7 +444,8 @@ class TritonServer:
                  grpc_port: int = 8001, metrics_port: int = 8002, model_control_mode: ModelControlMode = "none",
                  load_models: Sequence[str] = (), log_verbose: int = 0, log_file: str | Path | None = None,
                  tritonserver: str | Path | None = None, startup_timeout: float = 180.0,
-                 check_engines: bool = True, extra_args: Sequence[str] = (), exit_timeout: int = 10):
+                 check_engines: bool = True, extra_args: Sequence[str] = (), exit_timeout: int = 10,
+                 mpi_hostfile: str | Path | None = None):
         self.repo = Path(repo).resolve()
         self.host = host
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
@@ -450,6 +458,7 @@ class TritonServer:
         self.check_engines = check_engines
         self.extra_args = list(extra_args)
         self.exit_timeout = exit_timeout
+        self.mpi_hostfile = Path(mpi_hostfile) if mpi_hostfile else None
         self.process: subprocess.Popen | None = None
         self.command: list[str] = []
         self.world_size = 1
@@ -500,7 +509,7 @@ class TritonServer:
             metrics_port=self.ports["metrics"], model_control_mode=self.model_control_mode,
             load_models=self.load_models, log_verbose=self.log_verbose,
             backend_dir=prepare_backend_dir(install), shm_prefix=self._shm_prefix, extra_args=self.extra_args,
-            exit_timeout=self.exit_timeout,
+            exit_timeout=self.exit_timeout, mpi_hostfile=self.mpi_hostfile,
         )
         if self.world_size > 1 and shutil.which("mpirun") is None:
             raise NemoTrtError(
@@ -517,8 +526,11 @@ class TritonServer:
         cleanup_stale_shm()
         if self.log_file is None:
             self.log_file = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log_handle = open(self.log_file, "wb")  # noqa: SIM115 - closed in stop()
+        if str(self.log_file) == STDOUT_LOG:  # the server logs to our stdout (containers: `kubectl logs`)
+            self._log_handle = None
+        else:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = open(self.log_file, "wb")  # noqa: SIM115 - closed in stop()
         began = time.monotonic()
         self.process = subprocess.Popen(
             command, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
