@@ -123,6 +123,9 @@ def trtllm_build_command(plan: Any, checkpoint_dir: str | Path, output_dir: str 
         ("workers", workers),
         ("log_level", "info"),
     ]
+    if int(getattr(plan, "nodes", 1) or 1) > 1:
+        # The engine records the node size; the runtime picks a rank's GPU as rank % gpus_per_node.
+        args.append(("gpus_per_node", int(plan.gpus_per_node)))
     argv = [executable]
     for name, value in args:
         argv += [f"--{name}", str(value)]

@@ -15,12 +15,16 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from nemo_trt.atomic import atomic_dir
 from nemo_trt.build.spec import ModelSpec
 from nemo_trt.errors import NemoTrtError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from safetensors import safe_open
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -118,7 +122,7 @@ class HFCheckpoint:
         self.spec = ModelSpec.from_path(self.directory)
         self.shards: dict[str, ShardHeader] = {}
         self.tensors: dict[str, TensorInfo] = {}
-        self._open: dict[str, object] = {}
+        self._open: dict[str, safe_open] = {}
         self._load_index()
 
     # ---- discovery and validation ---------------------------------------
@@ -154,8 +158,8 @@ class HFCheckpoint:
                 self.tensors[name] = info
         if weight_map is not None:
             for name, shard in weight_map.items():
-                info = self.tensors.get(name)
-                if info is None or info.shard != shard:
+                held = self.tensors.get(name)
+                if held is None or held.shard != shard:
                     raise NemoTrtError(f"{INDEX_NAME} says {name!r} is in {shard}, but that shard does not hold it",
                                        "re-download the checkpoint; index and shards do not match")
 
@@ -188,7 +192,7 @@ class HFCheckpoint:
             if handle is None:
                 handle = safe_open(str(self.directory / info.shard), framework="pt")
                 self._open[info.shard] = handle
-            return handle.get_tensor(name)  # type: ignore[attr-defined]
+            return handle.get_tensor(name)
         except (SafetensorError, OSError) as exc:
             raise NemoTrtError(f"cannot read tensor {name!r} from {info.shard}: {exc}",
                                f"re-download {info.shard}; the file is truncated or corrupt") from exc
@@ -239,8 +243,12 @@ class PendingTensor:
 
 def _as_pending(tensors: Sequence[PendingTensor] | Mapping[str, torch.Tensor]) -> list[PendingTensor]:
     if isinstance(tensors, Mapping):
-        return [PendingTensor(n, tuple(t.shape), t.dtype, (lambda t=t: t)) for n, t in tensors.items()]
+        return [PendingTensor(n, tuple(t.shape), t.dtype, _already_made(t)) for n, t in tensors.items()]
     return list(tensors)
+
+
+def _already_made(t: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: t
 
 
 def plan_shards(tensors: Sequence[PendingTensor], max_shard_bytes: int) -> list[list[PendingTensor]]:

@@ -114,6 +114,9 @@ class Plan(BaseModel):
     # builder rules that changed a requested setting (configs/trtllm builder_rules): `build` holds the result
     builder_overrides: list[dict] = Field(default_factory=list)
     engine_implied: dict[str, str] = Field(default_factory=dict)  # what the engine gets that no flag sets
+    # set by nemo_trt.build.layout when the caller gives the GPUs of one node
+    nodes: int = 1  # nodes one engine's ranks span
+    gpus_per_node: int | None = None  # trtllm-build --gpus_per_node when nodes > 1
 
     @property
     def max_rank_weight_bytes(self) -> int:
@@ -126,9 +129,9 @@ def activation_bytes(spec: ModelSpec, *, tp: int, max_num_tokens: int, max_batch
     h, d = spec.hidden_size, spec.head_dim
     first, last = layers
     stage = spec.layers[first:last + 1]
-    qkv = max(((spec.num_attention_heads // tp + 2 * accounting.kv_heads_per_rank(layer.num_kv_heads, tp)) * d
+    qkv = max(((spec.num_attention_heads // tp + 2 * accounting.kv_heads_per_rank(layer.attention_kv_heads, tp)) * d
                for layer in stage if layer.has_kv_cache), default=0)
-    dff = max((accounting.ceil_div(layer.intermediate_size, tp) for layer in stage if layer.ffn is FFNKind.MLP),
+    dff = max((accounting.ceil_div(layer.mlp_intermediate_size, tp) for layer in stage if layer.ffn is FFNKind.MLP),
               default=0)
     if any(layer.ffn is FFNKind.LINEAR for layer in stage):
         dff = max(dff, accounting.ceil_div(h, tp))

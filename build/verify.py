@@ -102,22 +102,24 @@ def verify_checkpoint(checkpoint: str | Path, converted: str | Path, *, logits: 
     from safetensors import safe_open
 
     for r in range(out.tp * out.pp):
-        want = {e.name: e for _, es in rank_entries(src.spec, RankMapping(out.tp, out.pp, r), q) for e in es}
+        expected_entries = {e.name: e for _, es in rank_entries(src.spec, RankMapping(out.tp, out.pp, r), q)
+                            for e in es}
         try:
             h = safe_open(str(out.directory / rank_file(r)), framework="pt")
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             p.append(f"{rank_file(r)}: cannot be opened ({exc})")
             return report
-        got = set(h.keys())
-        for name in sorted(set(want) - got)[:5]:
+        stored = set(h.keys())
+        for name in sorted(set(expected_entries) - stored)[:5]:
             p.append(f"{rank_file(r)}: missing {name}")
-        for name in sorted(got - set(want))[:5]:
+        for name in sorted(stored - set(expected_entries))[:5]:
             p.append(f"{rank_file(r)}: unexpected tensor {name}")
-        for name in sorted(got & set(want)):
+        for name in sorted(stored & set(expected_entries)):
             sl = h.get_slice(name)
             shape = tuple(sl.get_shape())
-            if shape != want[name].shape:
-                p.append(f"{rank_file(r)}: {name} has shape {list(shape)}, expected {list(want[name].shape)}")
+            if shape != expected_entries[name].shape:
+                p.append(f"{rank_file(r)}: {name} has shape {list(shape)}, "
+                         f"expected {list(expected_entries[name].shape)}")
     if len(p) > before_layout:
         return report  # names/shapes are wrong: comparing values would only repeat it
     # 4. tensors

@@ -472,6 +472,7 @@ def write_repository(
         })
         llm_template = templates / "tensorrt_llm"
     else:
+        assert reference_dir is not None  # exactly one backend was given (checked above)
         reference_dir = Path(reference_dir).absolute()
         fix = "pass --reference the directory written by `nemo-trt convert` (or an HF checkpoint directory)"
         config = _read_json(reference_dir / "config.json", "a model checkpoint", fix)

@@ -56,6 +56,20 @@ class Rule:
         """TensorRT-LLM module prefix (where the FP8 scaling factors live)."""
         return self.name.rsplit(".", 1)[0]
 
+    @property
+    def qkv_kv_heads(self) -> int:
+        """KV heads of a fused QKV weight (the only rule that carries them)."""
+        if self.kv_heads is None:
+            raise ValueError(f"{self.name} is not a fused QKV weight: it has no KV head count")
+        return self.kv_heads
+
+    @property
+    def layer_index(self) -> int:
+        """Global layer index of a per-layer weight."""
+        if self.layer is None:
+            raise ValueError(f"{self.name} does not belong to a layer")
+        return self.layer
+
 
 def pad_vocab_size(vocab: int, tp: int) -> int:
     """`tensorrt_llm._utils.pad_vocab_size`: round up to a multiple of tp."""
@@ -116,7 +130,7 @@ def rank_rules(spec: ModelSpec, m: RankMapping) -> list[Rule]:
             rules.append(Rule(p + "input_layernorm.weight", (src + "input_layernorm.weight",),
                               Split.REPLICATE, (h,), layer=i))
         if layer.attention is AttentionKind.ATTENTION:
-            kv = layer.num_kv_heads
+            kv = layer.attention_kv_heads
             width = (heads // tp + 2 * kv_heads_per_rank(kv, tp)) * d
             rules.append(Rule(p + "attention.qkv.weight",
                               tuple(f"{src}self_attn.{x}_proj.weight" for x in "qkv"),
@@ -130,7 +144,7 @@ def rank_rules(spec: ModelSpec, m: RankMapping) -> list[Rule]:
             rules.append(Rule(p + "post_layernorm.weight", (src + "post_attention_layernorm.weight",),
                               Split.REPLICATE, (h,), layer=i))
         if layer.ffn is FFNKind.MLP:
-            f = layer.intermediate_size // tp  # type: ignore[operator]
+            f = layer.mlp_intermediate_size // tp
             rules.append(Rule(p + f"{ffn}.fc.weight", (src + "mlp.gate_proj.weight",),
                               Split.COL, (f, h), linear=True, layer=i))
             rules.append(Rule(p + f"{ffn}.gate.weight", (src + "mlp.up_proj.weight",),
@@ -186,8 +200,8 @@ def pieces_for_rank(rule: Rule, sources: Sequence[torch.Tensor], tp: int, tp_ran
         return [split_rows(sources[0], tp, tp_rank, 1)]
     if rule.split is Split.QKV:
         q, k, v = sources
-        return [split_rows(q, tp, tp_rank), kv_for_rank(k, rule.kv_heads, tp, tp_rank),
-                kv_for_rank(v, rule.kv_heads, tp, tp_rank)]
+        return [split_rows(q, tp, tp_rank), kv_for_rank(k, rule.qkv_kv_heads, tp, tp_rank),
+                kv_for_rank(v, rule.qkv_kv_heads, tp, tp_rank)]
     if rule.split is Split.VOCAB:
         t = sources[0]
         padded = pad_vocab_size(t.shape[0], tp)
@@ -213,7 +227,7 @@ def merge_ranks(rule: Rule, parts: Sequence[torch.Tensor], head_dim: int, num_he
         return [torch.cat(list(parts), 1)]
     if rule.split is Split.VOCAB:
         return [torch.cat(list(parts), 0)[:vocab_size]]
-    kv = rule.kv_heads
+    kv = rule.qkv_kv_heads
     qw, kvw = num_heads // tp * head_dim, kv_heads_per_rank(kv, tp) * head_dim
     q = torch.cat([p[:qw] for p in parts], 0)
     k = torch.cat([p[qw:qw + kvw] for p in parts], 0)

@@ -98,7 +98,8 @@ class StreamingSafetensorsWriter:
         self._write(struct.pack("<Q", len(raw)) + raw)
         if threaded:
             self._queue = queue.Queue()
-            self._thread = threading.Thread(target=self._drain, name=f"write-{self.path.name}", daemon=True)
+            self._thread = threading.Thread(target=self._drain, args=(self._queue,), name=f"write-{self.path.name}",
+                                            daemon=True)
             self._thread.start()
 
     def _write(self, data) -> None:
@@ -145,9 +146,9 @@ class StreamingSafetensorsWriter:
             self._fh.close()
             raise disk_error(self.path, exc) from exc
 
-    def _drain(self) -> None:
+    def _drain(self, jobs: queue.Queue) -> None:
         while True:
-            item = self._queue.get()  # type: ignore[union-attr]
+            item = jobs.get()
             try:
                 if item is None:
                     return
@@ -159,7 +160,7 @@ class StreamingSafetensorsWriter:
                 self._error = exc
             finally:
                 item = None  # release the tensor before blocking on the next one
-                self._queue.task_done()  # type: ignore[union-attr]
+                jobs.task_done()
 
     def mark(self) -> threading.Event:
         """An event set once every tensor queued so far has been written (or failed: see `check`)."""

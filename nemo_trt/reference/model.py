@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def llama_config(spec: ModelSpec, *, num_key_value_heads: int | None = None,
                  intermediate_size: int | None = None) -> LlamaConfig:
     """A transformers LlamaConfig carrying the spec's global settings (for the Llama modules)."""
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         vocab_size=spec.vocab_size,
         hidden_size=spec.hidden_size,
         num_attention_heads=spec.num_attention_heads,
@@ -95,7 +95,7 @@ class DeciAttention(nn.Module):
         h, d = spec.hidden_size, spec.head_dim
         self.layer_idx = layer.index
         self.num_heads = spec.num_attention_heads
-        self.num_kv_heads = int(layer.num_kv_heads)  # type: ignore[arg-type]
+        self.num_kv_heads = layer.attention_kv_heads
         self.num_key_value_groups = self.num_heads // self.num_kv_heads
         self.head_dim = d
         self.scaling = d**-0.5
@@ -165,9 +165,12 @@ class DeciDecoderLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        # a layer has its norm exactly when it has the sub-block (LayerSpec.has_*_layernorm)
         if self.self_attn is not None:
+            assert self.input_layernorm is not None
             h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, cache)
         if self.mlp is not None:
+            assert self.post_attention_layernorm is not None
             h = h + self.mlp(self.post_attention_layernorm(h))
         return h
 
