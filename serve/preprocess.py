@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Tokenizer
 
-from nemo_trt.model_facts import ServingFacts
+from nemo_trt.model_facts import Reasoning, ServingFacts
 from nemo_trt.serve.prompt import PromptError, PromptRenderer, decode_utf8, parse_messages, parse_reasoning
 from nemo_trt.serve.toolcall import ToolSpecError, parse_tools
 
@@ -28,7 +28,7 @@ class PreprocessSettings:
     max_input_len: int
     max_seq_len: int
     default_max_tokens: int
-    default_reasoning: str = "on"
+    default_reasoning: Reasoning = "on"
 
 
 @dataclass
@@ -74,7 +74,7 @@ class PreparedRequest:
     stop_words: np.ndarray  # [2, L] int32, TensorRT-LLM word-list format
     bad_words: np.ndarray  # [2, L] int32
     sampling: Sampling
-    reasoning: str
+    reasoning: Reasoning
     stream: bool
     min_tokens: int = 1  # TensorRT-LLM's default: the end id may come first
 
@@ -97,7 +97,7 @@ def word_list(words: list[list[int]]) -> np.ndarray:
     return result
 
 
-def effective_sampling(reasoning: str, facts: ServingFacts, temperature: float | None,
+def effective_sampling(reasoning: Reasoning, facts: ServingFacts, temperature: float | None,
                        top_p: float | None, top_k: int | None) -> Sampling:
     """No sampling field given: the mode's recommendation. Any given: those, neutral
     values for the rest (temperature 1, top_p 1, top_k 0 = off), like OpenAI servers."""
@@ -145,7 +145,8 @@ class Preprocessor:
         for name in ("beam_width", "num_return_sequences"):
             value = getattr(fields, name)
             if value is not None and value != 1:
-                raise PromptError(f"{name}={value} is not supported: this deployment generates one sequence (beam width 1)")
+                raise PromptError(f"{name}={value} is not supported: "
+                                  "this deployment generates one sequence (beam width 1)")
         explicit = parse_reasoning(fields.reasoning, None) if fields.reasoning is not None else None
         text = fields.text_input
         if text is not None and decode_utf8(text, "text_input") == "" and fields.messages is not None:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from nemo_trt.model_facts import DEFAULT_MODEL, ServingFacts, ToolFacts, load_serving_facts
+from nemo_trt.model_facts import DEFAULT_MODEL, Reasoning, ServingFacts, ToolFacts, load_serving_facts
 from nemo_trt.serve.toolcall import ToolCall, ToolSpec, ToolSpecError, format_calls, parse_call_list
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -57,7 +57,7 @@ class ChatMessage:
 @dataclass(frozen=True)
 class RenderedPrompt:
     ids: list[int]
-    reasoning: str  # "on" | "off": the mode the system turn selects
+    reasoning: Reasoning  # the mode the system turn selects
 
 
 def decode_utf8(raw: bytes | str, what: str) -> str:
@@ -122,13 +122,13 @@ def parse_messages(raw: bytes | str | list, continue_final: bool = False) -> lis
     return messages
 
 
-def parse_reasoning(value: bytes | str | None, default: str) -> str:
+def parse_reasoning(value: bytes | str | None, default: Reasoning | None) -> Reasoning | None:
     if value is None:
         return default
     text = decode_utf8(value, "reasoning").strip().lower()
     if text == "":
         return default
-    aliases = {"on": "on", "off": "off", "true": "on", "false": "off", "1": "on", "0": "off"}
+    aliases: dict[str, Reasoning] = {"on": "on", "off": "off", "true": "on", "false": "off", "1": "on", "0": "off"}
     if text not in aliases:
         raise PromptError(f"reasoning must be 'on' or 'off', got {text!r}")
     return aliases[text]
@@ -154,7 +154,7 @@ class PromptRenderer:
         self._headers = {role: [self._special[START_HEADER]] + self.encode_text(role) + [self._special[END_HEADER]]
                          for role in ROLES}
         self._assistant_prefix = self._headers["assistant"] + self.encode_text("\n\n")
-        self._system_turns: dict[str, list[int]] = {}
+        self._system_turns: dict[Reasoning, list[int]] = {}
 
     @classmethod
     def from_dir(cls, tokenizer_dir: str | Path, facts: ServingFacts | None = None) -> PromptRenderer:
@@ -173,7 +173,7 @@ class PromptRenderer:
             header = [self._special[START_HEADER]] + self.encode_text(role) + [self._special[END_HEADER]]
         return header + self.encode_text("\n\n" + content) + [self._special[EOT]]
 
-    def _system_turn(self, mode: str) -> list[int]:
+    def _system_turn(self, mode: Reasoning) -> list[int]:
         turn = self._system_turns.get(mode)
         if turn is None:
             turn = self._system_turns[mode] = self._turn("system", self.facts.system_prompt(mode))
@@ -201,8 +201,8 @@ class PromptRenderer:
             content = f"{content}\n{calls}" if content else calls
         return content
 
-    def render(self, messages: list[ChatMessage], reasoning: str | None = None,
-               default: str | None = None, tools: list[ToolSpec] | None = None,
+    def render(self, messages: list[ChatMessage], reasoning: Reasoning | None = None,
+               default: Reasoning | None = None, tools: list[ToolSpec] | None = None,
                continue_final: bool = False) -> RenderedPrompt:
         """`reasoning` None: a system-message switch, else (with tools: the tool default,
         else) `default`, else the model's default decides."""
@@ -247,5 +247,6 @@ class PromptRenderer:
         ids += self._assistant_prefix
         return RenderedPrompt(ids, mode)
 
-    def render_text(self, text: str, reasoning: str | None = None, default: str | None = None) -> RenderedPrompt:
+    def render_text(self, text: str, reasoning: Reasoning | None = None,
+                    default: Reasoning | None = None) -> RenderedPrompt:
         return self.render([ChatMessage("user", text)], reasoning, default)
