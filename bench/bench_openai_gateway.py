@@ -3,8 +3,9 @@
 One tritonserver on a repository written by the real writer, whose `tensorrt_llm` slot holds
 the TEST-ONLY scripted model (tests/fixtures/scripted_llm: tokens spaced by --token-interval,
 10 ms by default = 100 tokens/s per stream, faster than Super-49B streams on an H100 pair at 16
-sequences; non-streamed answers come at once). The current ensemble hangs at 0-1 ms/token under 16 streams (issue 9, in the ensemble
-itself, with or without the gateway): rounds are bounded and a hung round ends the run. One
+sequences; non-streamed answers come at once). The current ensemble hangs at 0-5 ms/token under
+16 streams (issue 9, in the ensemble itself, with or without the gateway): rounds are bounded and
+a hung round ends the run. One
 gateway process (`nemo-trt openai --repo REPO`, as users run it) in front of it. The same
 requests go (A) straight to the ensemble with tritonclient and (B) through the gateway; the
 paths alternate so that noise on the shared machine hits both alike.

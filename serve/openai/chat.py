@@ -142,7 +142,7 @@ class ChatService:
         fingerprint = state.deployment.fingerprint if state.deployment else None
         if not request.stream:
             try:
-                body = await until_disconnect(raw, self._whole(generation, ident, created, model, fingerprint))
+                whole = await until_disconnect(raw, self._whole(generation, ident, created, model, fingerprint))
             except asyncio.CancelledError:
                 state.metrics.finished("abort")
                 generation.close(None)
@@ -153,7 +153,7 @@ class ChatService:
             finally:
                 state.release()
             generation.close(generation.outcome.finish_reason)
-            return JSONResponse(body)
+            return JSONResponse(whole)
         events = generation.events()
         try:
             first = await prime(events, state)
@@ -164,9 +164,9 @@ class ChatService:
             raise
         chunks = ChatChunks(ident, created, model, fingerprint, tools=bool(plan.tools.parse),
                             include_usage=bool(request.stream_options and request.stream_options.include_usage))
-        body = stream_body(state, generation, first, events, chunks.render,
+        sse_body = stream_body(state, generation, first, events, chunks.render,
                            lambda: chunks.finish(generation.outcome.finish_reason, generation.outcome.usage()))
-        return StreamingResponse(body, media_type="text/event-stream",
+        return StreamingResponse(sse_body, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def _whole(self, generation: Generation, ident: str, created: int, model: str,

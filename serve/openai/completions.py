@@ -91,7 +91,7 @@ class CompletionService:
         fingerprint = state.deployment.fingerprint if state.deployment else None
         if not request.stream:
             try:
-                body = await until_disconnect(raw, self._whole(generation, ident, created, model, fingerprint))
+                whole = await until_disconnect(raw, self._whole(generation, ident, created, model, fingerprint))
             except asyncio.CancelledError:
                 state.metrics.finished("abort")
                 generation.close(None)
@@ -102,7 +102,7 @@ class CompletionService:
             finally:
                 state.release()
             generation.close(generation.outcome.finish_reason)
-            return JSONResponse(body)
+            return JSONResponse(whole)
         events = generation.events()
         try:
             first = await prime(events, state)
@@ -113,9 +113,9 @@ class CompletionService:
             raise
         chunks = CompletionChunks(ident, created, model, fingerprint,
                                   bool(request.stream_options and request.stream_options.include_usage))
-        body = stream_body(state, generation, first, events, chunks.render,
+        sse_body = stream_body(state, generation, first, events, chunks.render,
                            lambda: chunks.finish(generation.outcome.finish_reason, generation.outcome.usage()))
-        return StreamingResponse(body, media_type="text/event-stream",
+        return StreamingResponse(sse_body, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def _whole(self, generation: Generation, ident: str, created: int, model: str,

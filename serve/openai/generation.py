@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -196,7 +196,7 @@ class Generation:
             m.budget_exhausted.inc()
 
     # -- run ---------------------------------------------------------------------
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         plan, outcome = self.plan, self.outcome
         stream = self._upstream_stream()
         first = dataclasses.replace(plan.request, stream=stream,

@@ -61,7 +61,7 @@ class GatewayThread:
     upstream_factory: Any = None  # tests: a stand-in for Triton
 
     def __post_init__(self) -> None:
-        self._server = None
+        self._server: Any = None
         self._thread: threading.Thread | None = None
 
     @property

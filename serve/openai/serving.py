@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -182,7 +182,7 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-async def prime(events: AsyncIterator[Event], state: GatewayState) -> Event:
+async def prime(events: AsyncGenerator[Event, None], state: GatewayState) -> Event:
     """The first event: the request reached the model (errors before it are real HTTP errors)."""
     try:
         return await events.__anext__()
@@ -200,7 +200,7 @@ DONE = "data: [DONE]\n\n"
 
 
 async def stream_body(state: GatewayState, generation: Generation, first: Event,
-                      events: AsyncIterator[Event], render: Callable[[Event], list[str]],
+                      events: AsyncGenerator[Event, None], render: Callable[[Event], list[str]],
                       finish: Callable[[], list[str]]) -> AsyncIterator[str]:
     """SSE body: chunks of the primed first event and the rest; in-band error if Triton fails
     mid-stream; the upstream call is cancelled if the client disconnects (Starlette cancels

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,7 +257,8 @@ class TritonUpstream:
         return response.get("config", response)
 
     # -- generation -----------------------------------------------------------
-    async def generate(self, request: UpstreamRequest, timeout: float | None = None) -> AsyncIterator[UpstreamDelta]:
+    async def generate(self, request: UpstreamRequest,
+                       timeout: float | None = None) -> AsyncGenerator[UpstreamDelta, None]:
         """Deltas of one generation; leaving the loop early cancels it inside Triton."""
         import grpc
         import tritonclient.grpc as grpcclient
