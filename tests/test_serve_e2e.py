@@ -21,6 +21,7 @@ import pytest
 pytest.importorskip("pytriton")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
+from fixtures.cli_json import read_json_block  # noqa: E402
 from fixtures.triton_stream import stream_call  # noqa: E402
 from nemo_trt.serve.client import (  # noqa: E402
     GenerateError,
@@ -254,12 +255,7 @@ def test_serve_command_starts_and_stops_on_ctrl_c(reference_repository, tmp_path
          "--grpc-port", "0", "--metrics-port", "0", "--json", "--log-file", str(tmp_path / "server.log")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lines = []
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("}"):
-                break
-        endpoints = json.loads("".join(lines))
+        endpoints = read_json_block(process.stdout)
         assert endpoints["grpc"].startswith("127.0.0.1:")
         result = generate(endpoints["grpc"], ask("What is the capital of Peru?", "off"))
         assert result.token_ids == oracle("What is the capital of Peru?", "off")

@@ -8,22 +8,19 @@ with a 400 naming the field.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
 
 from nemo_trt.serve.openai.budget import ThinkingBudget
 from nemo_trt.serve.openai.errors import bad_request, unsupported
 from nemo_trt.serve.openai.generation import Event, Generation, GenerationPlan
 from nemo_trt.serve.openai.protocol import CompletionRequest
 from nemo_trt.serve.openai.reasoning import decide_mode
-from nemo_trt.serve.openai.serving import GatewayState, prime, sampling_into, stream_body, until_disconnect, \
-    upstream_error
+from nemo_trt.serve.openai.serving import GatewayState, respond, sampling_into, upstream_error
 from nemo_trt.serve.openai.upstream import UpstreamError, UpstreamRequest
 
 
@@ -89,34 +86,14 @@ class CompletionService:
         ident = "cmpl-" + uuid.uuid4().hex
         created = int(time.time())
         fingerprint = state.deployment.fingerprint if state.deployment else None
-        if not request.stream:
-            try:
-                whole = await until_disconnect(raw, self._whole(generation, ident, created, model, fingerprint))
-            except asyncio.CancelledError:
-                state.metrics.finished("abort")
-                generation.close(None)
-                raise
-            except BaseException:
-                generation.close(None)
-                raise
-            finally:
-                state.release()
-            generation.close(generation.outcome.finish_reason)
-            return JSONResponse(whole)
-        events = generation.events()
-        try:
-            first = await prime(events, state)
-        except BaseException:
-            generation.close(None)
-            await events.aclose()
-            state.release()
-            raise
-        chunks = CompletionChunks(ident, created, model, fingerprint,
-                                  bool(request.stream_options and request.stream_options.include_usage))
-        sse_body = stream_body(state, generation, first, events, chunks.render,
-                           lambda: chunks.finish(generation.outcome.finish_reason, generation.outcome.usage()))
-        return StreamingResponse(sse_body, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+
+        def chunks():  # noqa: ANN202
+            writer = CompletionChunks(ident, created, model, fingerprint, include_usage)
+            return writer.render, lambda: writer.finish(generation.outcome.finish_reason, generation.outcome.usage())
+
+        return await respond(state, raw, generation, request.stream,
+                             lambda: self._whole(generation, ident, created, model, fingerprint), chunks)
 
     async def _whole(self, generation: Generation, ident: str, created: int, model: str,
                      fingerprint: str | None) -> dict[str, Any]:

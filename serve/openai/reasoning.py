@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from tokenizers import Tokenizer
 
 from nemo_trt.model_facts import ServingFacts
+from nemo_trt.serve.openai.stops import held_suffix
 from nemo_trt.serve.reasoning import ReasoningSplitter
 
 REASONING_STATES = ("start", "reasoning_start", "reasoning")
@@ -65,11 +66,7 @@ class TagScrubber:
         buf = self._held + text
         for tag in self.tags:
             buf = buf.replace(tag, "")
-        keep = 0
-        for n in range(min(max(len(t) for t in self.tags) - 1, len(buf)), 0, -1):
-            if any(t.startswith(buf[-n:]) for t in self.tags):
-                keep = n
-                break
+        keep = held_suffix(buf, self.tags)
         self._held = buf[len(buf) - keep:] if keep else ""
         return buf[: len(buf) - keep]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from tokenizers import Tokenizer
 
 from nemo_trt.model_facts import DEFAULT_MODEL, ServingFacts, load_serving_facts
@@ -190,6 +191,40 @@ async def prime(events: AsyncGenerator[Event, None], state: GatewayState) -> Eve
         raise upstream_error(exc, state.config.triton_url) from None
     except StopAsyncIteration:
         return Event()
+
+
+async def respond(state: GatewayState, raw: Request, generation: Generation, stream: bool,
+                  whole: Callable[[], Awaitable[dict[str, Any]]],
+                  chunks: Callable[[], tuple[Callable[[Event], list[str]], Callable[[], list[str]]]]) -> Response:
+    """The HTTP answer of an admitted request: the JSON body (the generation cancelled if the
+    client leaves first), or an SSE stream once the first upstream answer is in (so errors
+    before it are real statuses). Slots, gauges and histograms are released exactly once."""
+    if not stream:
+        try:
+            body = await until_disconnect(raw, whole())
+        except asyncio.CancelledError:
+            state.metrics.finished("abort")
+            generation.close(None)
+            raise
+        except BaseException:
+            generation.close(None)
+            raise
+        finally:
+            state.release()
+        generation.close(generation.outcome.finish_reason)
+        return JSONResponse(body)
+    events = generation.events()
+    try:
+        first = await prime(events, state)
+    except BaseException:
+        generation.close(None)
+        await events.aclose()
+        state.release()
+        raise
+    render, finish = chunks()
+    return StreamingResponse(stream_body(state, generation, first, events, render, finish),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def sse(data: dict[str, Any] | str) -> str:

@@ -11,10 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def held_suffix(text: str, tags: Sequence[str]) -> int:
+    """Length of the longest end of `text` that could still grow into one of `tags`."""
+    for n in range(min(max((len(t) for t in tags), default=1) - 1, len(text)), 0, -1):
+        tail = text[-n:]
+        if any(t.startswith(tail) for t in tags):
+            return n
+    return 0
+
+
 class StopMatcher:
     def __init__(self, stops: Sequence[str]):
         self.stops = [s for s in stops if s]
-        self._longest = max((len(s) for s in self.stops), default=0)
         self._held = ""
         self.stopped: str | None = None  # the stop string that matched
 
@@ -33,12 +41,7 @@ class StopMatcher:
         if cut >= 0:
             self._held = ""
             return buf[:cut]
-        keep = 0
-        for n in range(min(self._longest - 1, len(buf)), 0, -1):
-            tail = buf[-n:]
-            if any(stop.startswith(tail) for stop in self.stops):
-                keep = n
-                break
+        keep = held_suffix(buf, self.stops)
         self._held = buf[len(buf) - keep:] if keep else ""
         return buf[: len(buf) - keep]
 

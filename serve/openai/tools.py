@@ -37,6 +37,7 @@ from jsonschema.exceptions import SchemaError
 from nemo_trt.model_facts import ToolFacts
 from nemo_trt.serve.openai.errors import bad_request
 from nemo_trt.serve.openai.protocol import ChatCompletionRequest, ToolParam
+from nemo_trt.serve.openai.stops import held_suffix
 from nemo_trt.serve.toolcall import ToolCallParseError, ToolSpec, ToolSpecError, parse_calls, parse_tools
 
 
@@ -136,13 +137,6 @@ def new_call_id() -> str:
     return "call_" + uuid.uuid4().hex[:24]
 
 
-def _partial_suffix(text: str, tag: str) -> int:
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
-
-
 class ToolCallStream:
     """Feed answer text; get content and complete, validated calls back (see module doc)."""
 
@@ -205,7 +199,7 @@ class ToolCallStream:
                     self._block_reset()
                     text = buf[index + len(self.open_tag):]
                     continue
-                keep = 0 if final else _partial_suffix(buf, self.open_tag)
+                keep = 0 if final else held_suffix(buf, [self.open_tag])
                 body, tail = buf[: len(buf) - keep], buf[len(buf) - keep:]
                 # a run of whitespace is held until text follows (dropped before a call)
                 stripped = body.rstrip()
@@ -230,7 +224,7 @@ class ToolCallStream:
                     events.content += body[self._fallback_sent:end]
                     self._leave_block(as_text=True)
                     return body[end:]
-                keep = 0 if final else _partial_suffix(body, self.close_tag)
+                keep = 0 if final else held_suffix(body, [self.close_tag])
                 upto = max(self._fallback_sent, len(body) - keep)
                 events.content += body[self._fallback_sent:upto]
                 self._fallback_sent = upto
