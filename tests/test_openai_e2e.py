@@ -8,16 +8,12 @@ what the ensemble returns directly (nemo_trt.serve.client) for the same request.
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-import sys
 import time
-from types import SimpleNamespace
 
 import httpx
 import pytest
 
-from fixtures.cli_json import read_json_block
+from fixtures.cli_json import start_gateway, stop_gateway
 from nemo_trt.serve.client import GenerateRequest, generate
 
 openai = pytest.importorskip("openai")
@@ -27,24 +23,6 @@ pytestmark = pytest.mark.slow
 
 MODEL = "llama-3.3-nemotron-super-49b-v1"
 QUESTION = "What is the capital of France?"
-
-
-def start_gateway(triton_grpc: str, repo, log_path, *extra: str) -> SimpleNamespace:
-    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nemo_trt.cli", "openai", "--triton", triton_grpc, "--port", "0", "--repo", str(repo),
-         "--json", *extra], stdout=subprocess.PIPE, stderr=log, text=True)
-    endpoints = read_json_block(process.stdout)
-    return SimpleNamespace(process=process, url=endpoints["openai"].removesuffix("/v1"), endpoints=endpoints,
-                           log_path=log_path, log=log)
-
-
-def stop_gateway(gateway: SimpleNamespace) -> int:
-    gateway.process.send_signal(signal.SIGINT)
-    try:
-        return gateway.process.wait(30)
-    finally:
-        gateway.log.close()
 
 
 @pytest.fixture(scope="module")
