@@ -456,3 +456,28 @@ def test_metrics_exposed_and_increasing(gateway, client):
 def test_chat_completion_model_validates(client):
     r = client.chat.completions.create(**ask("sky?"))
     ChatCompletion.model_validate(r.model_dump())
+
+
+def test_logprobs_when_the_ensemble_returns_them():
+    g = start(FakeUpstream(lambda r: "Paris is big.", log_probs=True))
+    try:
+        c = openai.OpenAI(base_url=g.url + "/v1", api_key="x", max_retries=0)
+        body = ask("x", logprobs=True, extra_body={"chat_template_kwargs": {"thinking": False}})
+        whole = c.chat.completions.create(**body)
+        entries = whole.choices[0].logprobs.content
+        assert "".join(e.token for e in entries) == "Paris is big." and all(e.logprob == -0.5 for e in entries)
+        assert entries[0].bytes == list(entries[0].token.encode())
+        assert g.upstream.requests[-1].return_log_probs
+        streamed = [lp for chunk in c.chat.completions.create(**body, stream=True) if chunk.choices
+                    and chunk.choices[0].logprobs for lp in chunk.choices[0].logprobs.content]
+        assert "".join(e.token for e in streamed) == "Paris is big." and all(e.logprob == -0.25 for e in streamed)
+        completion = c.completions.create(model=MODEL, prompt="x", logprobs=0,
+                                          extra_body={"chat_template_kwargs": {"thinking": False}})
+        lp = completion.choices[0].logprobs
+        assert "".join(lp.tokens) == "Paris is big." and lp.text_offset[0] == 0
+        assert len(lp.token_logprobs) == len(lp.tokens)
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(**body, top_logprobs=3)
+        assert info.value.param == "top_logprobs"
+    finally:
+        g.stop()
