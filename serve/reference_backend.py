@@ -79,6 +79,8 @@ class BackendRequest:
     seed: int | None = None
     exclude_input_in_output: bool = True
     request_id: str = ""
+    return_perf_metrics: bool = False
+    arrival_time_ns: int = field(default_factory=time.monotonic_ns)  # TensorRT-LLM: steady clock at arrival
 
     @property
     def stop_ids(self) -> list[int]:
@@ -186,6 +188,7 @@ def parse_request(inputs: dict[str, np.ndarray], request_id: str = "", *, vocab_
         seed=_scalar(inputs, "seed", int, None),
         exclude_input_in_output=_scalar(inputs, "exclude_input_in_output", bool, default_exclude_input),
         request_id=request_id,
+        return_perf_metrics=_scalar(inputs, "return_perf_metrics", bool, False),
     )
 
 
@@ -198,6 +201,16 @@ def is_stop_request(inputs: dict[str, np.ndarray]) -> bool:
 
 
 @dataclass
+class PerfMetrics:
+    """The TensorRT-LLM backend's `return_perf_metrics` outputs (times: steady clock, ns)."""
+
+    arrival_time_ns: int
+    first_scheduled_time_ns: int = 0
+    first_token_time_ns: int = 0
+    last_token_time_ns: int = 0
+
+
+@dataclass
 class Chunk:
     """What one response carries; the adapter turns it into output tensors."""
 
@@ -205,6 +218,7 @@ class Chunk:
     num_input_tokens: int
     num_output_tokens: int  # cumulative
     final: bool
+    perf: PerfMetrics | None = None  # only when the request asked for it (every response, like TensorRT-LLM)
 
 
 class Sink(Protocol):
@@ -222,6 +236,14 @@ class _Active:
     emitted: list[int] = field(default_factory=list)
     done: bool = False
     enqueued: float = field(default_factory=time.monotonic)
+    perf: PerfMetrics | None = None
+
+    def metrics(self) -> PerfMetrics | None:
+        if not self.request.return_perf_metrics:
+            return None
+        if self.perf is None:
+            self.perf = PerfMetrics(self.request.arrival_time_ns)
+        return self.perf
 
 
 # --------------------------------------------------------------------------- scheduler
@@ -320,6 +342,8 @@ class Scheduler:
                 self._drop_cancelled(item)
                 return
             if item.session is None:
+                if item.metrics():
+                    item.perf.first_scheduled_time_ns = time.monotonic_ns()
                 item.session = self.model.start_session(
                     list(request.input_ids), self.make_sampling(request), request.stop_ids, request.max_new_tokens
                 )
@@ -344,13 +368,17 @@ class Scheduler:
         if len(item.emitted) >= request.max_new_tokens:
             finished = True
 
+        perf = item.metrics()
+        if perf is not None and new:
+            perf.last_token_time_ns = time.monotonic_ns()
+            perf.first_token_time_ns = perf.first_token_time_ns or perf.last_token_time_ns
         try:
             if request.streaming:
                 if new or finished:
-                    item.sink.send(Chunk(new, len(request.input_ids), len(item.emitted), finished))
+                    item.sink.send(Chunk(new, len(request.input_ids), len(item.emitted), finished, perf))
             elif finished:
                 ids = item.emitted if request.exclude_input_in_output else request.input_ids + item.emitted
-                item.sink.send(Chunk(list(ids), len(request.input_ids), len(item.emitted), True))
+                item.sink.send(Chunk(list(ids), len(request.input_ids), len(item.emitted), True, perf))
         except Exception as exc:  # noqa: BLE001 - client went away: drop the session
             log.info("reference backend: dropping request %s: %s", request.request_id, exc)
             finished = True

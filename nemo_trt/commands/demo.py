@@ -91,7 +91,7 @@ def command(gpu: str, workdir: Path | None, seed: int, protocol: str, as_json: b
 
     t = stage("repository", "4/6 Triton model repository (CPU reference backend)")
     repo = write_repository(workdir / tiny.name / "repository", tokenizer_dir=tiny, reference_dir=converted, force=True)
-    out.print(f"repository: {repo}  (ensemble = preprocessing -> generate -> tensorrt_llm)")
+    out.print(f"repository: {repo}  (ensemble = preprocessing -> tensorrt_llm -> postprocessing)")
     done("repository", t, repository=str(repo))
 
     t = stage("serve", "5/6 tritonserver (127.0.0.1, free ports)")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_trt.errors import NemoTrtError
-from nemo_trt.serve.client import Delta, GenerateRequest, collect, normalize_url, stream_generate
+from nemo_trt.serve.client import Delta, GenerateRequest, collect, normalize_url, prompt_tokens, stream_generate
 from nemo_trt.serve.regress.golden import CaseRecord, ServerIdentity, Timings
 from nemo_trt.serve.regress.suite import Case, Suite
 
@@ -335,6 +335,8 @@ def run_one(url: str, protocol: str, prepared: PreparedCase, timeout: float) -> 
         close = getattr(deltas, "close", None)
         if close:
             close()  # cancels the request on the server if we stopped early
+    if result.num_input_tokens is None and prepared.request.return_num_input_tokens:
+        result.num_input_tokens = prompt_tokens(url, prepared.request, protocol, timeout)  # type: ignore[arg-type]
     return CaseRecord(
         prompt_sha256=prepared.prompt_sha256, prompt_chars=prepared.prompt_chars,
         sampling=prepared.case.sampling.label(), max_tokens=prepared.request.max_tokens,

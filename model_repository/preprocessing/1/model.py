@@ -15,7 +15,7 @@ _SCALARS = {  # request field <- input tensor
     "num_return_sequences": "NUM_RETURN_SEQUENCES", "min_tokens": "MIN_TOKENS", "min_length": "MIN_LENGTH",
 }
 _UNSUPPORTED = {"return_log_probs": "RETURN_LOG_PROBS", "return_context_logits": "RETURN_CONTEXT_LOGITS",
-                "return_generation_logits": "RETURN_GENERATION_LOGITS", "return_perf_metrics": "RETURN_PERF_METRICS"}
+                "return_generation_logits": "RETURN_GENERATION_LOGITS"}
 
 
 def _array(request, name):
@@ -75,6 +75,8 @@ class TritonPythonModel:
                     "OUT_STREAM": np.array([[p.stream]], bool),
                     "OUT_EXCLUDE_INPUT_IN_OUTPUT": np.array([[True]], bool),
                     "OUT_MIN_TOKENS": np.array([[p.min_tokens]], np.int32),
+                    # Always: `arrival_time_ns` identifies the stream for postprocessing.
+                    "OUT_RETURN_PERF_METRICS": np.array([[True]], bool),
                 }
                 tensors = [pb_utils.Tensor(name, value) for name, value in out.items()]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
