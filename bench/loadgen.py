@@ -361,23 +361,34 @@ class Load:
                 self.windows.append(0)
             self.windows[index] += tokens
 
-    async def _run(self, protocols: list[str], jobs: Callable[[Client], Job], duration_s: float) -> list[Client]:
+    async def _ticker(self, until: float, on_tick: Callable[[float], Any]) -> None:
+        while time.monotonic() < until:
+            await asyncio.sleep(0.5)
+            on_tick(time.monotonic())
+
+    async def _run(self, protocols: list[str], jobs: Callable[[Client], Job], duration_s: float,
+                   on_tick: Callable[[float], Any] | None) -> list[Client]:
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         self.channel = grpc.aio.insecure_channel(self.grpc_url, options=options) if self.grpc_url else None
         try:
             self._start = time.monotonic()
             until = self._start + duration_s
             clients = [Client(self, protocol, i) for i, protocol in enumerate(protocols)]
-            await asyncio.gather(*(c.run(lambda c=c: jobs(c), until) for c in clients))
+            tasks = [c.run(lambda c=c: jobs(c), until) for c in clients]
+            if on_tick is not None:
+                tasks.append(self._ticker(until, on_tick))
+            await asyncio.gather(*tasks)
             return clients
         finally:
             if self.channel is not None:
                 await self.channel.close()
 
-    def run(self, protocols: list[str], jobs: Callable[[Client], Job], duration_s: float) -> list[Record]:
-        """Run one client per entry of `protocols` ("grpc" / "http"); every client's records."""
+    def run(self, protocols: list[str], jobs: Callable[[Client], Job], duration_s: float,
+            on_tick: Callable[[float], Any] | None = None) -> list[Record]:
+        """Run one client per entry of `protocols` ("grpc" / "http") for `duration_s`; every
+        client's records. `on_tick(now)` is called about every 0.5 s meanwhile (e.g. to sample RSS)."""
         self.windows = []
-        clients = asyncio.run(self._run(protocols, jobs, duration_s))
+        clients = asyncio.run(self._run(protocols, jobs, duration_s, on_tick))
         return [r for c in clients for r in c.records]
 
 
