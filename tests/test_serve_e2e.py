@@ -188,8 +188,11 @@ def test_sixteen_concurrent_streams(reference_server, reference_repository, orac
     for index in (0, 7, 12, 15):  # interleaving does not change greedy output
         question = requests[index].messages[0]["content"]
         assert results[index][0] == oracle(question, requests[index].reasoning), index
-    # fair scheduling: the first `max_active` streams all got a token before any stream finished
-    assert sorted(starts.values())[min(16, max_active) - 1] < min(ends.values())
+    # Fair scheduling: `max_active` streams were generating at the same time (between their first
+    # and last token), not one after another. (Not "all started before any finished": a short
+    # answer that reaches the backend a little before the others may legitimately finish first.)
+    overlap = max(sum(1 for i in starts if starts[i] <= starts[j] < ends[i]) for j in starts)
+    assert overlap >= min(16, max_active), sorted((starts[i], ends[i]) for i in starts)
 
 
 def test_client_disconnect_mid_stream_keeps_server_serving(reference_server, oracle):
