@@ -124,7 +124,8 @@ def test_reference_backend(tmp_path):
             "stop_words", "bad_words", "temperature", "top_p", "top_k", "seed", "min_tokens", "min_length"} <= names
     assert all(t.optional for t in configs["ensemble"].input)
     assert {t.name for t in configs["ensemble"].output} == {
-        "text_output", "reasoning_output", "answer_output", "output_ids", "num_output_tokens"}
+        "text_output", "reasoning_output", "answer_output", "output_ids", "num_output_tokens",
+        "cum_log_probs", "output_log_probs", "batch_index", "sequence_index"}
     assert [s.model_name for s in configs["ensemble"].ensemble_scheduling.step] == [
         "preprocessing", "tensorrt_llm", "postprocessing"]  # the stock layout: no BLS
     _check_postprocessing(repo, configs)
