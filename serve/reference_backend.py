@@ -342,8 +342,9 @@ class Scheduler:
                 self._drop_cancelled(item)
                 return
             if item.session is None:
-                if item.metrics():
-                    item.perf.first_scheduled_time_ns = time.monotonic_ns()
+                perf = item.metrics()
+                if perf is not None:
+                    perf.first_scheduled_time_ns = time.monotonic_ns()
                 item.session = self.model.start_session(
                     list(request.input_ids), self.make_sampling(request), request.stop_ids, request.max_new_tokens
                 )

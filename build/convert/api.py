@@ -6,6 +6,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nemo_trt.atomic import atomic_dir
 from nemo_trt.build.convert import manifest as mf
@@ -14,6 +15,9 @@ from nemo_trt.build.convert.converter import (KV_DTYPES, PRECISIONS, QuantSettin
 from nemo_trt.build.convert.trtllm_config import DTYPE_NAMES, make_config
 from nemo_trt.build.convert.weight_map import check_parallelism
 from nemo_trt.errors import NemoTrtError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nemo_trt.build.convert.calibrate import Calibration
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
                        precision: str = "bf16", kv_cache_dtype: str | None = None, workers: int = 1,
                        force: bool = False, calib_prompts: str | Path | None = None, device: str = "cpu",
                        progress: bool = True, calibrator: str = "reference",
-                       calibration=None) -> ConversionResult:
+                       calibration: Calibration | None = None) -> ConversionResult:
     """See the package docstring. `calibration` (a calibrate.Calibration) supplies precomputed activation /
     KV ranges and skips the calibration pass (its `settings` go into the manifest)."""
     from nemo_trt.build.convert import calibrate as cal
@@ -60,9 +64,11 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
     dtype = DTYPE_NAMES.get(spec.torch_dtype, "bfloat16")
     if precision == "fp8" and dtype == "float32":
         dtype = "bfloat16"  # FP8 GEMMs run with 16-bit activations
-    if src.quantized and kv_cache_dtype == "fp8" and any(src.kv_scale(l.index) is None for l in spec.attention_layers):
+    if src.quantized and kv_cache_dtype == "fp8" and any(src.kv_scale(layer.index) is None
+                                                          for layer in spec.attention_layers):
         raise NemoTrtError("the FP8 checkpoint has no k_scale/v_scale for an FP8 KV cache",
-                           "use --kv-cache-dtype bf16, or convert the BF16 checkpoint (nemo-trt calibrates the KV cache)")
+                           "use --kv-cache-dtype bf16, "
+                           "or convert the BF16 checkpoint (nemo-trt calibrates the KV cache)")
     needs_calibration = not src.quantized and (precision == "fp8" or kv_cache_dtype == "fp8")
     prompts = cal.load_prompts(calib_prompts) if needs_calibration and calibration is None else None
     calib_settings = (calibration.settings if calibration is not None and needs_calibration else
@@ -75,19 +81,17 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
         if mf.is_up_to_date(output, inputs):
             return ConversionResult(output, tp, pp, precision, kv_cache_dtype, True,
                                     {n: f["sha256"] for n, f in (mf.load_manifest(output) or {})["files"].items()},
-                                    0, time.perf_counter() - t0, plan["calibration"])
+                                    0, time.perf_counter() - t0, calib_settings)
         raise NemoTrtError(f"{output} already exists and was made from other inputs (or is not a nemo-trt conversion)",
                            "pass --force to replace it, or choose another --output")
 
-    q = QuantSettings(precision, kv_cache_dtype, dtype)
     if not needs_calibration:
         calibration = None
-    elif calibration is not None:
-        q = QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
-    else:
+    elif prompts is not None:  # needed and not supplied: calibrate now
         calibration = cal.calibrate(checkpoint, prompts, device=device, calibrator=calibrator,
                                     kv=kv_cache_dtype == "fp8")
-        q = QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
+    q = (QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
+         if calibration is not None else QuantSettings(precision, kv_cache_dtype, dtype))
 
     total = total_bytes(spec, tp, pp, q)
     remove_stale_partials(output)
@@ -102,7 +106,7 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
         mf.write_manifest(tmp, inputs, files, extra)
         (tmp / OWNER_FILE).unlink()
     return ConversionResult(output, tp, pp, precision, kv_cache_dtype, False, files, total,
-                            time.perf_counter() - t0, calibration.settings if calibration else plan["calibration"])
+                            time.perf_counter() - t0, calibration.settings if calibration else calib_settings)
 
 
 OWNER_FILE = ".nemo-trt-owner"

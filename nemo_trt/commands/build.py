@@ -23,14 +23,17 @@ import click
               help="Last stage to run: convert (convert + verify, no GPU needed), engine, or repo.")
 @click.option("--workers", type=int, default=None,
               help="Engines built in parallel (default: the world size; trtllm-build caps it at the GPU count).")
+@click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, metavar="N",
+              help="GPUs of one node, when the profile's GPUs span several nodes (a100x8 on 4-GPU nodes: TP4 "
+                   "inside a node x PP2 across 2 nodes; `nemo-trt deploy k8s` renders the multi-node layout).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and every stage's exact command; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout (progress goes to stderr).")
 @click.option("--force", is_flag=True,
               help="Replace a WORKDIR checkpoint made from other inputs (another layout or source), and build "
                    "even where the GPUs, TensorRT-LLM version or free disk do not match the plan. Current "
                    "stages are still reused; delete WORKDIR to start over.")
-def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_size, until, workers, dry_run,
-            as_json, force):
+def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_size, until, workers, gpus_per_node,
+            dry_run, as_json, force):
     """Build TensorRT-LLM engines and a Triton model repository from an HF checkpoint.
 
     Stages: plan -> convert (HF -> TRT-LLM checkpoint, sharded TP x PP) -> verify
@@ -51,6 +54,7 @@ def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_
       nemo-trt build --gpu h200x1 --checkpoint llama-3.3-nemotron-super-49b-v1 --output /tmp/w --dry-run
       nemo-trt build --gpu h100x2 --checkpoint /models/super49b --output /deploy/s49 --until convert
       nemo-trt build --gpu a100x4 --checkpoint /models/super49b --output /deploy/a100 --dry-run --json
+      nemo-trt build --gpu a100x8 --gpus-per-node 4 --checkpoint /models/super49b --output /deploy/a100x8-2x4
     """
     from nemo_trt.build.engine import detect_toolchain
     from nemo_trt.build.pipeline import BuildRequest, describe, prepare
@@ -58,7 +62,8 @@ def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_
 
     request = BuildRequest(gpu=gpu, checkpoint=Path(checkpoint) if Path(checkpoint).exists() else checkpoint,
                            output=output, precision=precision, variant=variant, max_seq_len=max_seq_len,
-                           max_batch_size=max_batch_size, until=until, force=force, workers=workers)
+                           max_batch_size=max_batch_size, until=until, force=force, workers=workers,
+                           gpus_per_node=gpus_per_node)
     toolchain = detect_toolchain()
     prepared = prepare(request, toolchain=toolchain)
     if dry_run:
@@ -109,13 +114,13 @@ def _render_dry_run(prepared, info: dict, console) -> None:
 def _run_with_progress(prepared, toolchain, out) -> dict:
     import time
 
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
     from nemo_trt.build.pipeline import run_build
 
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<8}[/] {task.description}"),
                   TimeElapsedColumn(), console=out, transient=False) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
         started: dict[str, float] = {}
 
         def report(stage: str, message: str) -> None:

@@ -5,7 +5,8 @@ import click
 
 
 @click.command("convert")
-@click.option("--checkpoint", required=True, type=click.Path(file_okay=False), help="HF checkpoint directory (DeciLM or Llama).")
+@click.option("--checkpoint", required=True, type=click.Path(file_okay=False),
+              help="HF checkpoint directory (DeciLM or Llama).")
 @click.option("--output", required=True, type=click.Path(), help="Directory to write (created atomically).")
 @click.option("--gpu", "gpu", default=None, metavar="PROFILE|auto",
               help="Take tp/pp/precision/KV dtype from a GPU profile's plan (refuses FP8 where the GPU lacks it).")
