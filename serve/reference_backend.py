@@ -80,6 +80,7 @@ class BackendRequest:
     exclude_input_in_output: bool = True
     request_id: str = ""
     return_perf_metrics: bool = False
+    return_log_probs: bool = False
     arrival_time_ns: int = field(default_factory=time.monotonic_ns)  # TensorRT-LLM: steady clock at arrival
 
     @property
@@ -189,6 +190,7 @@ def parse_request(inputs: dict[str, np.ndarray], request_id: str = "", *, vocab_
         exclude_input_in_output=_scalar(inputs, "exclude_input_in_output", bool, default_exclude_input),
         request_id=request_id,
         return_perf_metrics=_scalar(inputs, "return_perf_metrics", bool, False),
+        return_log_probs=_scalar(inputs, "return_log_probs", bool, False),
     )
 
 
@@ -219,6 +221,8 @@ class Chunk:
     num_output_tokens: int  # cumulative
     final: bool
     perf: PerfMetrics | None = None  # only when the request asked for it (every response, like TensorRT-LLM)
+    log_probs: list[float] | None = None  # of `output_ids`, only when asked (return_log_probs)
+    cum_log_prob: float = 0.0  # of every token generated so far
 
 
 class Sink(Protocol):
@@ -348,6 +352,8 @@ class Scheduler:
                 item.session = self.model.start_session(
                     list(request.input_ids), self.make_sampling(request), request.stop_ids, request.max_new_tokens
                 )
+                if request.return_log_probs:
+                    item.session.want_logprobs = True
             token = item.session.step()
             self.steps += 1
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the others
@@ -369,6 +375,12 @@ class Scheduler:
         if len(item.emitted) >= request.max_new_tokens:
             finished = True
 
+        log_probs, cum = None, 0.0
+        if request.return_log_probs:
+            all_lp = list(getattr(item.session, "logprobs", []))[:len(item.emitted)]  # the stop token is not returned
+            cum = float(sum(all_lp))
+            log_probs = all_lp[len(item.emitted) - len(new):] if request.streaming else \
+                all_lp[:len(item.emitted)]
         perf = item.metrics()
         if perf is not None and new:
             perf.last_token_time_ns = time.monotonic_ns()
@@ -376,10 +388,11 @@ class Scheduler:
         try:
             if request.streaming:
                 if new or finished:
-                    item.sink.send(Chunk(new, len(request.input_ids), len(item.emitted), finished, perf))
+                    item.sink.send(Chunk(new, len(request.input_ids), len(item.emitted), finished, perf,
+                                         log_probs, cum))
             elif finished:
                 ids = item.emitted if request.exclude_input_in_output else request.input_ids + item.emitted
-                item.sink.send(Chunk(list(ids), len(request.input_ids), len(item.emitted), True, perf))
+                item.sink.send(Chunk(list(ids), len(request.input_ids), len(item.emitted), True, perf, log_probs, cum))
         except Exception as exc:  # noqa: BLE001 - client went away: drop the session
             log.info("reference backend: dropping request %s: %s", request.request_id, exc)
             finished = True
