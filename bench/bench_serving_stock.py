@@ -84,7 +84,7 @@ def _git_show(mirror: Path, path: str) -> bytes:
 def stock(work: Path, mirror: Path) -> Path:
     """The stock v0.20 ensemble, filled with upstream's fill_template.py as its README says."""
     repo = work / "stock"
-    tokenizer = repo / "tokenizer"
+    tokenizer = work / "stock-tokenizer"  # outside the repository: Triton would take a directory there for a model
     tokenizer.mkdir(parents=True)
     shutil.copy(TOKENIZER_DIR / "tokenizer.json", tokenizer / "tokenizer.json")
     (tokenizer / "tokenizer_config.json").write_text(json.dumps({
