@@ -259,7 +259,11 @@ class Client:
                     break
                 key, _, value = line.decode().partition(":")
                 headers[key.strip().lower()] = value.strip()
-            code = int(status.split()[1])
+            parts = status.split()
+            if len(parts) < 2 or not parts[1].isdigit():
+                record.error = f"no HTTP status line (the connection ended after {status!r})"
+                return
+            code = int(parts[1])
             last = time.monotonic()
             buffer = b""
             async for chunk in _http_body(reader, headers, timeout):

@@ -275,3 +275,33 @@ def test_serve_command_starts_and_stops_on_ctrl_c(reference_repository, tmp_path
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_log_probs_from_the_reference_backend(reference_server):
+    """return_log_probs passes through the ensemble to tensorrt_llm (the engine, or here the CPU
+    reference backend): one log-probability per streamed token, cumulative sum alongside."""
+    import tritonclient.grpc as grpcclient
+    from fixtures.triton_stream import stream_call
+
+    def tensor(name, value, dtype):
+        array = np.array([[value]], dtype=object if dtype == "BYTES" else None)
+        if dtype == "BOOL":
+            array = array.astype(bool)
+        elif dtype == "INT32":
+            array = array.astype(np.int32)
+        t = grpcclient.InferInput(name, [1, 1], dtype)
+        t.set_data_from_numpy(array)
+        return t
+
+    inputs = [tensor("text_input", b"What is the capital of France?", "BYTES"), tensor("max_tokens", 12, "INT32"),
+              tensor("stream", True, "BOOL"), tensor("reasoning", b"off", "BYTES"),
+              tensor("return_log_probs", True, "BOOL")]
+    outputs, error = stream_call(reference_server.grpc_url, "ensemble", inputs)
+    assert error is None, error
+    per_token = [float(x) for o in outputs for x in o["output_log_probs"].reshape(-1)]
+    ids = [int(x) for o in outputs for x in o["output_ids"].reshape(-1)]
+    assert len(per_token) == len(ids) > 0 and all(lp <= 0.0 for lp in per_token)
+    cumulative = float(outputs[-1]["cum_log_probs"].reshape(-1)[0])
+    assert abs(cumulative - sum(per_token)) < 1e-3
+    plain, error = stream_call(reference_server.grpc_url, "ensemble", inputs[:4])
+    assert error is None and all("output_log_probs" not in o for o in plain)  # only when asked, like TRT-LLM

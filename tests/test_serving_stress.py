@@ -83,6 +83,8 @@ def test_64_clients_at_full_speed(server):
     print(f"\nstress: {len(records)} requests in {SECONDS:.0f} s ({counts}), {tokens} tokens "
           f"({tokens / SECONDS:.0f}/s), longest wait {max(r.max_gap_s for r in records):.2f} s, "
           f"RSS warm {rss.get('warm')} end {rss['end']}")
+    if hung or problems:  # keep the server log next to the test's output for the post-mortem
+        print(f"server log: {server.log_file}")
     assert not hung, f"{len(hung)} clients waited > 10 s: {[(r.job.label, r.error) for r in hung[:5]]}"
     assert not problems, f"{len(problems)} wrong outcomes, first: {problems[:5]}"
     assert counts["disconnected"] > 0 and counts["malformed"] > 0 and counts["streamed"] > 0

@@ -15,7 +15,7 @@ _SCALARS = {  # request field <- input tensor
     "num_return_sequences": "NUM_RETURN_SEQUENCES", "min_tokens": "MIN_TOKENS", "min_length": "MIN_LENGTH",
     "seed": "SEED", "random_seed": "RANDOM_SEED",
 }
-_UNSUPPORTED = {"return_log_probs": "RETURN_LOG_PROBS", "return_context_logits": "RETURN_CONTEXT_LOGITS",
+_UNSUPPORTED = {"return_context_logits": "RETURN_CONTEXT_LOGITS",
                 "return_generation_logits": "RETURN_GENERATION_LOGITS"}
 
 
