@@ -27,6 +27,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from nemo_trt.build import accounting
+from nemo_trt.build.calibration_plan import CalibrationPlan
 from nemo_trt.build.profiles import VARIANTS, GpuProfile, list_profiles
 from nemo_trt.build.spec import FFNKind, ModelSpec
 from nemo_trt.errors import NemoTrtError
@@ -109,6 +110,8 @@ class Plan(BaseModel):
     concurrent_sequences: int = 0  # min(kv_limited_sequences, max_batch_size)
     total_weight_bytes: int = 0  # sum over ranks (replicated embedding counted per rank)
     activation_formula: str = ""
+    # FP8 calibration stage (build/calibration_plan.py), set by callers that know the checkpoint
+    calibration: CalibrationPlan | None = None
 
     @property
     def max_rank_weight_bytes(self) -> int:

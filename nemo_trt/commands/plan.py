@@ -23,10 +23,16 @@ from nemo_trt.build.plan_report import render_plan  # noqa: F401  (re-exported f
 @click.option("--pp", type=int, default=None, help="Override pipeline parallel size.")
 @click.option("--input-len", type=int, default=2048, show_default=True, help="Typical prompt length for the concurrency estimate.")
 @click.option("--output-len", type=int, default=1024, show_default=True, help="Typical output length for the concurrency estimate.")
+@click.option("--calib-prompts", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="FP8 calibration prompts to plan for (default: the built-in set).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (Plan.model_dump).")
 def command(gpu, precision, variant, model, max_seq_len, max_batch_size, max_input_len, max_num_tokens, tp, pp,
-            input_len, output_len, as_json):
+            input_len, output_len, calib_prompts, as_json):
     """Plan a build: weights, activations and KV cache per rank, and the settings with reasons.
+
+    FP8 from a BF16 checkpoint adds the calibration stage: prompts and tokens,
+    and the memory and time of each route (layer by layer on CPU or GPU, or the
+    whole model) per device.
 
     Fails (exit 2) with the reason and a fix when the build cannot work: FP8 on
     Ampere, weights that do not fit, a TP size that does not divide the heads,
@@ -41,6 +47,7 @@ def command(gpu, precision, variant, model, max_seq_len, max_batch_size, max_inp
       nemo-trt plan --gpu auto --input-len 512 --output-len 4096
       nemo-trt plan --gpu h200x1 --model /models/Llama-3_3-Nemotron-Super-49B-v1
     """
+    from nemo_trt.build.calibration_plan import plan_calibration
     from nemo_trt.build.gpu_detect import resolve_gpu_profile
     from nemo_trt.build.planner import make_plan
     from nemo_trt.build.spec import ModelSpec
@@ -53,6 +60,9 @@ def command(gpu, precision, variant, model, max_seq_len, max_batch_size, max_inp
     plan = make_plan(spec, profile, precision=precision, variant=variant, max_seq_len=max_seq_len,
                      max_batch_size=max_batch_size, max_input_len=max_input_len, max_num_tokens=max_num_tokens,
                      input_len=input_len, output_len=output_len, tp=tp, pp=pp)
+    plan.calibration = plan_calibration(spec, model_dir, precision=plan.precision, kv_cache_dtype=plan.kv_cache_dtype,
+                                        gpus=[profile.gpu.family], gpu_memory_bytes=profile.gpu.memory_bytes,
+                                        calib_prompts=calib_prompts)
     if as_json:
         print_json(plan.model_dump(mode="json"))
     else:
