@@ -86,6 +86,7 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
     elif calibration is not None:
         q = QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
     else:
+        assert prompts is not None  # loaded above whenever calibration is needed and none was given
         if on_stage:
             on_stage("calibrate", f"FP8 ranges from {len(prompts)} prompts, {calib_method} on {device}")
         # Refuses (before loading anything) a run that would not fit in memory; cached by source + settings.

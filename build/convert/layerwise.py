@@ -195,6 +195,7 @@ class LayerLoader:
         return module.eval()
 
     def _lazy(self, mod: nn.Module, weight_name: str) -> None:
+        assert isinstance(mod, nn.Linear)
         shape = tuple(mod.weight.shape)
 
         def load(m, _args):
