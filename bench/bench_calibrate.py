@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_convert import syncfs, warm, write_source  # noqa: E402  (same synthetic checkpoint)
+from bench_convert import syncfs, warm, write_source_timed  # noqa: E402  (same synthetic checkpoint)
 
 _CHILD = r"""
 import json, sys, time
@@ -159,10 +159,7 @@ def main() -> int:
                              "note": "2 shared CPU cores; other engineers' jobs add noise"}}
     try:
         src = root / "src"
-        t = time.perf_counter()
-        size = write_source(src, 1)
-        print(f"synthetic source: {size / 1e9:.2f} GB in {time.perf_counter() - t:.0f}s", flush=True)
-        res["source_bytes"] = size
+        res["source_bytes"] = size = write_source_timed(src, 1)
         res["estimates_single"] = est = estimates(src)
         warm(src)
         res["bf16_tp2"] = run_convert(src, root / "out", "bf16")
@@ -190,7 +187,7 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(src)
         src2 = root / "src2"
-        res["source2_bytes"] = write_source(src2, 2)
+        res["source2_bytes"] = write_source_timed(src2, 2)
         res["estimates_double"] = estimates(src2)
         warm(src2)
         res["fp8_tp2_layerwise_double"] = run_convert(src2, root / "out2", "fp8", "layerwise")
