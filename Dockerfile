@@ -8,6 +8,13 @@
 # `nemo-trt serve` must run in this same image (engine_manifest.json records the version; serve checks it).
 FROM nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3
 
+# sshd: the worker pods of a multi-node Kubernetes group (`nemo-trt deploy k8s`, LeaderWorkerSet) run it as the
+# non-root user so the leader's mpirun can start their ranks. The distribution's current build (security fixes).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openssh-server \
+ && rm -rf /var/lib/apt/lists/*
+
 COPY . /tmp/nemo-trt
 
 # Everything the image already has (NVIDIA's torch, TensorRT-LLM, numpy, transformers) is pinned as a

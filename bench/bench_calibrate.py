@@ -197,14 +197,15 @@ def main() -> int:
             shutil.rmtree(src2)
         res["scales"] = scale_agreement(root / "small")
         single, double = res["fp8_tp2_layerwise"], res["fp8_tp2_layerwise_double"]
+        tflop1, tflop2 = est["layerwise-cpu"]["tflop"], res["estimates_double"]["layerwise-cpu"]["tflop"]
         res["ratios"] = {
             "layerwise_peak_vs_bf16_conversion": single["peak_rss_mb"] / res["bf16_tp2"]["peak_rss_mb"],
             "layerwise_peak_vs_checkpoint": single["peak_rss_mb"] * 2**20 / size,
             "double_vs_single_peak": double["peak_rss_mb"] / single["peak_rss_mb"],
             "double_vs_single_calibration_s": double["calibration_s"] / single["calibration_s"],
-            "double_vs_single_seconds_per_tflop": (double["calibration_s"] / res["estimates_double"]["layerwise-cpu"]["tflop"])
-            / (single["calibration_s"] / est["layerwise-cpu"]["tflop"]),
-            "double_vs_single_flop": res["estimates_double"]["layerwise-cpu"]["tflop"] / est["layerwise-cpu"]["tflop"],
+            "double_vs_single_seconds_per_tflop": (double["calibration_s"] / tflop2)
+            / (single["calibration_s"] / tflop1),
+            "double_vs_single_flop": tflop2 / tflop1,
         }
         if "peak_rss_mb" in res["fp8_tp2_whole"]:
             res["ratios"]["whole_peak_vs_layerwise_peak"] = res["fp8_tp2_whole"]["peak_rss_mb"] / single["peak_rss_mb"]
@@ -225,73 +226,94 @@ def main() -> int:
 
 def report(r: dict) -> str:
     b, s, w, d = r["bf16_tp2"], r["fp8_tp2_layerwise"], r["fp8_tp2_whole"], r["fp8_tp2_layerwise_double"]
-    x, q = r["extrapolation"], r["ratios"]
+    x, q, m = r["extrapolation"], r["ratios"], r["machine"]
     es, ed = r["estimates_single"], r["estimates_double"]
 
-    def row(name: str, m: dict, e: dict | None = None) -> str:
-        if "peak_rss_mb" not in m:
-            return f"| {name} | – | – | – | {m.get('skipped') or m.get('refused_or_failed')} | – |"
-        cal = f"{m['calibration_s']:.1f}" if m.get("calibration_s") is not None else "–"
+    def row(name: str, run: dict, e: dict | None = None) -> str:
+        if "peak_rss_mb" not in run:
+            return f"| {name} | – | – | – | {run.get('skipped') or run.get('refused_or_failed')} | – |"
+        cal = f"{run['calibration_s']:.1f}" if run.get("calibration_s") is not None else "–"
         est = f"{e['host_bytes'] / 2**20:,.0f} MB" if e else "–"
-        return (f"| {name} | {m['convert_s']:.1f} | {cal} | {m['write_s']:.1f} | **{m['peak_rss_mb']:,.0f} MB** | "
-                f"{est} |")
-    scales = "\n".join(
-        f"| {n} | {v['linears']} / {v['kv_layers']} | {v['tokens']} ({v['tokenization']}), {v['micro_batches']} "
-        f"micro-batch(es) | {'yes' if v['layerwise_vs_whole_identical'] else 'NO'} "
-        f"(max rel diff {v['layerwise_vs_whole_max_rel_diff']:.1e}) | {v['vs_per_prompt_max_rel_diff']:.1e} |"
-        for n, v in r["scales"].items())
+        return (f"| {name} | {run['convert_s']:.1f} | {cal} | {run['write_s']:.1f} | "
+                f"**{run['peak_rss_mb']:,.0f} MB** | {est} |")
+
+    def scale_row(name: str, v: dict) -> str:
+        same = "yes" if v["layerwise_vs_whole_identical"] else "NO"
+        diff = v["layerwise_vs_whole_max_rel_diff"]
+        return (f"| {name} | {v['linears']} / {v['kv_layers']} | {v['tokens']} ({v['tokenization']}), "
+                f"{v['micro_batches']} micro-batch(es) | {same} (max rel diff {diff:.1e})"
+                f" | {v['vs_per_prompt_max_rel_diff']:.1e} |")
+
+    runs = ", ".join(f"{c:.0f} s" for c in s["all_calibration_s"])
+    lines = [
+        "# FP8 calibration benchmark (`bench/bench_calibrate.py`)",
+        "",
+        "Synthetic DeciLM at Super-49B widths (bench_convert.py's: hidden 8192, 64 heads / 8 KV heads, d_ff",
+        f"28672/7168/13824/5632, vocabulary 32,000): {r['source_bytes'] / 1e9:.2f} GB with 4 layers, "
+        f"{r['source2_bytes'] / 1e9:.2f} GB with 8.",
+        f"FP8 TP2 with FP8 KV cache, calibrated on the 16 built-in prompts ({s['calibration']['tokens']} tokens: "
+        "UTF-8 bytes, the synthetic model has no tokenizer).",
+        "Each conversion is a fresh process with an empty calibration cache; peak RSS is its VmHWM.",
+        f"Machine: {m['cpus']} shared cores, load average {m['load_avg_at_start'][0]:.1f} at the start and "
+        f"{m.get('load_avg_at_end', [0])[0]:.1f} at the end (other engineers' jobs: times are noisy; ratios are "
+        "from one run).",
+        "",
+        "| conversion | total s | calibration s | write s | peak RSS | estimate (calibration) |",
+        "|---|---|---|---|---|---|",
+        row("BF16 TP2 (baseline: the streaming converter)", b),
+        row(f"FP8 TP2, calibration layer by layer (default; faster of 2 runs around the whole-model run: {runs} "
+            "calibrating; peak RSS the larger)", s, es["layerwise-cpu"]),
+        row("FP8 TP2, calibration with the whole model (`--calib-method whole`)", w, es["whole-cpu"]),
+        row("FP8 TP2, layer by layer, twice the layers", d, ed["layerwise-cpu"]),
+        "",
+        f"- Layer by layer: peak **{q['layerwise_peak_vs_bf16_conversion']:.2f}x** the BF16 conversion's and "
+        f"**{q['layerwise_peak_vs_checkpoint']:.2f}x** the checkpoint;",
+        f"  with twice the layers the peak is **{q['double_vs_single_peak']:.2f}x** (flat) and calibration takes "
+        f"{q['double_vs_single_calibration_s']:.2f}x as long for {q['double_vs_single_flop']:.2f}x the FLOPs",
+        f"  ({q['double_vs_single_seconds_per_tflop']:.2f}x the seconds per TFLOP: linear in depth, up to the "
+        "machine's noise).",
+    ]
+    if "whole_peak_vs_layerwise_peak" in q:
+        lines += [f"- Whole model: peak **{q['whole_peak_vs_layerwise_peak']:.2f}x** the layer-by-layer peak, "
+                  f"calibration {q['whole_calibration_s_vs_layerwise']:.2f}x its time.",
+                  "  (Before layer-by-layer calibration the whole model was loaded through whole-file mappings "
+                  "as well: the issue measured 13.2 GB on this checkpoint.)"]
+    else:
+        lines.append(f"- Whole model: not run here ({w.get('skipped')}).")
     gpu = ", ".join(f"{g} {t:.0f} s" for g, t in x["super49b_gpu_s"].items())
-    return f"""# FP8 calibration benchmark (`bench/bench_calibrate.py`)
-
-Synthetic DeciLM at Super-49B widths (bench_convert.py's: hidden 8192, 64 heads / 8 KV heads, d_ff
-28672/7168/13824/5632, vocabulary 32,000): {r['source_bytes'] / 1e9:.2f} GB with 4 layers, {r['source2_bytes'] / 1e9:.2f} GB
-with 8. FP8 TP2 with FP8 KV cache, calibrated on the 16 built-in prompts ({s['calibration']['tokens']} tokens: UTF-8 bytes, the
-synthetic model has no tokenizer). Each conversion is a fresh process with an empty calibration cache; peak RSS
-is its VmHWM. Machine: {r['machine']['cpus']} shared cores, load average {r['machine']['load_avg_at_start'][0]:.1f} at the
-start and {r['machine'].get('load_avg_at_end', [0])[0]:.1f} at the end (other engineers' jobs: times are noisy, ratios in one run).
-
-| conversion | total s | calibration s | write s | peak RSS | estimate (calibration) |
-|---|---|---|---|---|---|
-{row("BF16 TP2 (baseline: the streaming converter)", b)}
-{row("FP8 TP2, calibration layer by layer (default; faster of 2 runs, before and after the whole-model run: "
-      + ", ".join(f"{c:.0f} s" for c in s["all_calibration_s"]) + " calibrating; peak RSS the larger)", s, es["layerwise-cpu"])}
-{row("FP8 TP2, calibration with the whole model (`--calib-method whole`)", w, es["whole-cpu"])}
-{row("FP8 TP2, layer by layer, twice the layers", d, ed["layerwise-cpu"])}
-
-- Layer by layer: peak **{q['layerwise_peak_vs_bf16_conversion']:.2f}x** the BF16 conversion's and
-  **{q['layerwise_peak_vs_checkpoint']:.2f}x** the checkpoint; with twice the layers the peak is
-  **{q['double_vs_single_peak']:.2f}x** (flat) and calibration takes {q['double_vs_single_calibration_s']:.2f}x as long
-  for {q['double_vs_single_flop']:.2f}x the FLOPs ({q['double_vs_single_seconds_per_tflop']:.2f}x the seconds per TFLOP: linear in
-  depth up to the machine's noise).
-""" + (f"""- Whole model: peak **{q['whole_peak_vs_layerwise_peak']:.2f}x** the layer-by-layer peak, calibration
-  {q['whole_calibration_s_vs_layerwise']:.2f}x its time. (The code before layer-by-layer calibration loaded through
-  whole-file mappings as well: the issue measured 13.2 GB on this checkpoint.)
-""" if "whole_peak_vs_layerwise_peak" in q else "- Whole model: not run here (" + str(w.get("skipped")) + ").\n") + f"""
-## Same scales
-
-Ranges of every linear and KV range per attention layer, layer by layer vs the whole model on the same
-micro-batches (float32 on CPU), and vs one prompt per forward (how calibration batched before; GEMM rounding
-depends on the number of rows in a batch, so the last bits may differ):
-
-| model | linears / KV layers | tokens | identical to the whole model | vs one prompt per forward (max rel diff) |
-|---|---|---|---|---|
-{scales}
-
-## Super-49B, extrapolated
-
-- Measured rate of the layer-by-layer calibration here: **{x['measured_gflops']:.0f} GFLOP/s** on {x['cores']} cores
-  ({x['measured_gflops_per_core']:.0f} per core; FLOPs = calibration_plan's count: 2 x layer parameters x padded tokens +
-  attention), including reading and casting each linear.
-- Super-49B on the 16 built-in prompts with its tokenizer: {x['super49b_tokens']} tokens, {x['super49b_tflop']:.0f} TFLOP.
-  On this 2-core machine: {x['super49b_cpu_compute_s'] / 60:.0f} min of compute + {x['super49b_read_s'] / 60:.1f} min to read
-  the 99.7 GB once at 1 GB/s = **{x['super49b_cpu_s'] / 60:.0f} min**, in an estimated
-  {x['super49b_cpu_estimate_bytes'] / 1e9:.1f} GB of RAM. Compute scales with cores: a 64-core server at the same
-  per-core rate needs about {x['super49b_cpu_compute_s'] * x['cores'] / 64 / 60:.1f} min of compute, and reading the
-  checkpoint dominates.
-- Per GPU (`--device cuda`, one layer on the GPU at a time; assumptions: 30% of the dense BF16 peak, 1 GB/s disk,
-  10 GB/s host-to-GPU): {gpu}, in {x['super49b_gpu_device_bytes']['H100'] / 1e9:.1f} GB of GPU memory — reading the
-  checkpoint is the cost, the compute is seconds.
-"""
+    lines += [
+        "",
+        "## Same scales",
+        "",
+        "Ranges of every linear and the KV range per attention layer, layer by layer vs the whole model on the same",
+        "micro-batches (float32 on CPU), and vs one prompt per forward (how calibration batched before; GEMM",
+        "rounding depends on the number of rows in a batch, so the last bits may differ there):",
+        "",
+        "| model | linears / KV layers | tokens | identical to the whole model | vs one prompt per forward |",
+        "|---|---|---|---|---|",
+        *(scale_row(n, v) for n, v in r["scales"].items()),
+        "",
+        "## Super-49B, extrapolated",
+        "",
+        f"- Measured rate of the layer-by-layer calibration here: **{x['measured_gflops']:.0f} GFLOP/s** on "
+        f"{x['cores']} cores ({x['measured_gflops_per_core']:.0f} per core;",
+        "  FLOPs = calibration_plan's count: 2 x layer parameters x padded tokens + attention), including reading",
+        "  and casting each linear.",
+        f"- Super-49B on the 16 built-in prompts with its tokenizer: {x['super49b_tokens']} tokens, "
+        f"{x['super49b_tflop']:.0f} TFLOP. On this 2-core machine:",
+        f"  {x['super49b_cpu_compute_s'] / 60:.0f} min of compute + {x['super49b_read_s'] / 60:.1f} min to read the "
+        f"99.7 GB once at 1 GB/s = **{x['super49b_cpu_s'] / 60:.0f} min**,",
+        f"  in an estimated {x['super49b_cpu_estimate_bytes'] / 1e9:.1f} GB of RAM. Compute scales with cores: a "
+        "64-core server at the same per-core",
+        f"  rate needs about {x['super49b_cpu_compute_s'] * x['cores'] / 64 / 60:.1f} min of compute, and reading "
+        "the checkpoint dominates.",
+        "- Per GPU (`--device cuda`, one layer on the GPU at a time; assumptions: 30% of the dense BF16 peak, "
+        "1 GB/s disk, 10 GB/s host-to-GPU):",
+        f"  {gpu}, in {x['super49b_gpu_device_bytes']['H100'] / 1e9:.1f} GB of GPU memory: reading the checkpoint "
+        "is the cost, the compute is seconds.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

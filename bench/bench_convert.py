@@ -222,19 +222,38 @@ def main() -> int:
     out_dir.mkdir(exist_ok=True)
     (out_dir / "convert.json").write_text(json.dumps(results, indent=2) + "\n")
     b, f, d = results["bf16_tp2"], results["fp8_tp2"], results["bf16_tp2_double_layers"]
+
+    def row(*cells: str) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    table = "\n".join([
+        row("what", "seconds", "ratio to `cp -r`", "peak RSS", "target"),
+        "|---|---|---|---|---|",
+        row(f"`cp -r` (median of {len(cps)}, one before and after every conversion)",
+            f"{cp_s:.1f} ({', '.join(f'{c:.1f}' for c in cps)})", "1.00", "–", "baseline"),
+        row("sha256 of the same bytes (hashlib, 1 thread)", f"{sha_s:.1f} ({results['sha256_gb_per_s']:.2f} GB/s)",
+            f"{sha_s / cp_s:.2f}", "–", f"second baseline: cp + sha256 = {cp_s + sha_s:.1f}s"),
+        row(f"convert BF16 TP2 (median of {len(runs)}: {', '.join(f'{c:.1f}' for c in b['all_convert_s'])})",
+            f"{b['convert_s']:.1f} (process wall {b['wall_s']:.1f})",
+            f"**{b['ratio_convert_to_cp']:.2f}x** ({b['ratio_wall_to_cp']:.2f}x); "
+            f"vs cp+sha256 **{b['ratio_convert_to_cp_plus_sha256']:.2f}x**",
+            f"**{b['peak_rss_mb']:.0f} MB**", "<= 1.5x, <= 1.5 GB"),
+        row("convert FP8 TP2 (synthetic activation ranges)", f"{f['convert_s']:.1f} (wall {f['wall_s']:.1f})",
+            f"{f['ratio_convert_to_cp']:.2f}x ({f['ratio_wall_to_cp']:.2f}x); "
+            f"vs cp+sha256 {f['ratio_convert_to_cp_plus_sha256']:.2f}x",
+            f"{f['peak_rss_mb']:.0f} MB", "–"),
+        row("convert BF16 TP2, twice the layers", f"{d['convert_s']:.1f}", "–",
+            f"{d['peak_rss_mb']:.0f} MB (**{results['rss_ratio_double_vs_single']:.2f}x** of single)", "unchanged"),
+    ])
+    src_gb, double_gb, out_gb = size / 1e9, d["source_bytes"] / 1e9, b["bytes"] / 1e9
+    sha_rate = results["sha256_gb_per_s"]
     md = f"""# Converter benchmark (`bench/bench_convert.py`)
 
 Synthetic DeciLM, Super-49B widths (hidden 8192, 64 heads, 8 KV heads; attention/no_op mix, d_ff 28672/7168/13824/5632),
-vocabulary reduced to 32,000 to keep it at {size / 1e9:.2f} GB (4 layers); doubled model {d['source_bytes'] / 1e9:.2f} GB (8 layers).
+vocabulary reduced to 32,000 to keep it at {src_gb:.2f} GB (4 layers); doubled model {double_gb:.2f} GB (8 layers).
 Same run, same filesystem, warm page cache (source read once before timing); times include syncfs of the output.
 
-| what | seconds | ratio to `cp -r` | peak RSS | target |
-|---|---|---|---|---|
-| `cp -r` (median of {len(cps)}, one before and after every conversion) | {cp_s:.1f} ({", ".join(f"{c:.1f}" for c in cps)}) | 1.00 | – | baseline |
-| sha256 of the same bytes (hashlib, 1 thread) | {sha_s:.1f} ({results['sha256_gb_per_s']:.2f} GB/s) | {sha_s / cp_s:.2f} | – | second baseline: cp + sha256 = {cp_s + sha_s:.1f}s |
-| convert BF16 TP2 (median of {len(runs)}: {", ".join(f"{c:.1f}" for c in b['all_convert_s'])}) | {b['convert_s']:.1f} (process wall {b['wall_s']:.1f}) | **{b['ratio_convert_to_cp']:.2f}x** ({b['ratio_wall_to_cp']:.2f}x); vs cp+sha256 **{b['ratio_convert_to_cp_plus_sha256']:.2f}x** | **{b['peak_rss_mb']:.0f} MB** | <= 1.5x, <= 1.5 GB |
-| convert FP8 TP2 (synthetic activation ranges) | {f['convert_s']:.1f} (wall {f['wall_s']:.1f}) | {f['ratio_convert_to_cp']:.2f}x ({f['ratio_wall_to_cp']:.2f}x); vs cp+sha256 {f['ratio_convert_to_cp_plus_sha256']:.2f}x | {f['peak_rss_mb']:.0f} MB | – |
-| convert BF16 TP2, twice the layers | {d['convert_s']:.1f} | – | {d['peak_rss_mb']:.0f} MB (**{results['rss_ratio_double_vs_single']:.2f}x** of single) | unchanged |
+{table}
 
 Notes:
 - Peak RSS is the converter process's VmHWM (/proc/self/status). Its ru_maxrss would be wrong here: Linux
@@ -246,10 +265,10 @@ Notes:
   calibrator's cost, not the streaming converter's. Weight scales (amax over every tensor) and E4M3 rounding
   are measured in full.
 - The manifest's sha256 of every output file is part of the conversion. hashlib (OpenSSL, SHA-NI) hashes at
-  ~1.8 GB/s per core from memory; the sha256 row above ({results['sha256_gb_per_s']:.2f} GB/s) includes reading the files. Each TP rank
+  ~1.8 GB/s per core from memory; the sha256 row above ({sha_rate:.2f} GB/s) includes reading the files. Each TP rank
   file is written and hashed by its own writer thread (both release the GIL), hashing the bytes it has just
   written from memory, never re-reading the file. "cp + sha256" is the second baseline for a copy that records
-  integrity: the converter writes {b['bytes'] / 1e9:.2f} GB (the embedding is replicated on both ranks) and hashes all of it.
+  integrity: the converter writes {out_gb:.2f} GB (the embedding is replicated on both ranks) and hashes all of it.
 - How the converter moves bytes (profiled with py-spy): each source tensor (or 64 MB row chunk of the
   embedding / lm_head) is a private copy-on-write mmap of its byte range, so reading costs no copy and no
   zero-filled buffer; rank pieces are views of it (qkv and the padded vocabulary are written as row blocks,

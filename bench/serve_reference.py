@@ -1,8 +1,9 @@
 """Serving overhead of the CPU reference backend through Triton, against the bare reference model.
 
 Baseline (same run, same machine): the reference model generating in-process, one token per
-`Session.step()`, same prompt (a chat turn with reasoning on), same stop id, one torch thread. Measured: server startup to READY, then per-token latency (ITL) and TTFT for
-one gRPC stream, and aggregate tokens/s with 4 concurrent streams (fair round-robin scheduler).
+`Session.step()`, same prompt (a chat turn with reasoning on), same stop id, one torch thread.
+Measured: server startup to READY, then per-token latency (ITL) and TTFT for one gRPC stream,
+and aggregate tokens/s with 4 concurrent streams (fair round-robin scheduler).
 Prints ratios against the baseline and writes bench/results/serve_reference.json.
 
     python bench/serve_reference.py [--tokens 96] [--repeats 3]
@@ -46,7 +47,8 @@ def main() -> None:
     question = "What is 2 plus 5?"
     ids = prompt_ids(question, thinking=True)
     config = repo / "tensorrt_llm" / "config.pbtxt"
-    config.write_text(config.read_text() + 'parameters: { key: "reference_num_threads" value: { string_value: "1" } }\n')
+    one_thread = 'parameters: { key: "reference_num_threads" value: { string_value: "1" } }\n'
+    config.write_text(config.read_text() + one_thread)
     torch.set_num_threads(1)
     model = ReferenceModel.from_converted(converted)
     baseline = []

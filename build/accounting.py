@@ -113,7 +113,7 @@ def layer_params(spec: ModelSpec, layer: LayerSpec, tp: int = 1) -> LayerParams:
         tensors += 1
     if layer.attention is AttentionKind.ATTENTION:
         q = spec.num_attention_heads // tp * d
-        kv = kv_heads_per_rank(layer.num_kv_heads, tp) * d  # type: ignore[arg-type]
+        kv = kv_heads_per_rank(layer.attention_kv_heads, tp) * d
         linear += (q + 2 * kv) * h  # fused qkv [q + 2kv, h]
         linear += h * q  # dense (o_proj) [h, heads*d/tp]
         tensors += 2
@@ -126,7 +126,7 @@ def layer_params(spec: ModelSpec, layer: LayerSpec, tp: int = 1) -> LayerParams:
         norm += h
         tensors += 1
     if layer.ffn is FFNKind.MLP:
-        f = ceil_div(layer.intermediate_size, tp)  # type: ignore[arg-type]
+        f = ceil_div(layer.mlp_intermediate_size, tp)
         linear += 3 * f * h  # fc (gate_proj), gate (up_proj), proj (down_proj)
         tensors += 3
         fp8_linears += 3
@@ -171,7 +171,7 @@ def kv_bytes_per_token(spec: ModelSpec, kv_dtype: str = "bf16", tp: int = 1,
     first, last = layers if layers is not None else (0, spec.num_layers - 1)
     b = dtype_bytes(kv_dtype)
     return sum(
-        2 * kv_heads_per_rank(layer.num_kv_heads, tp) * spec.head_dim * b  # type: ignore[arg-type]
+        2 * kv_heads_per_rank(layer.attention_kv_heads, tp) * spec.head_dim * b
         for layer in spec.layers[first:last + 1]
         if layer.has_kv_cache
     )

@@ -27,10 +27,11 @@ import signal
 import subprocess
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from nemo_trt.build.engine_manifest import (
     EngineFile,
@@ -117,6 +118,9 @@ def trtllm_build_command(plan: Any, checkpoint_dir: str | Path, output_dir: str 
         ("workers", workers),
         ("log_level", "info"),
     ]
+    if int(getattr(plan, "nodes", 1) or 1) > 1:
+        # The engine records the node size; the runtime picks a rank's GPU as rank % gpus_per_node.
+        args.append(("gpus_per_node", int(plan.gpus_per_node)))
     argv = [executable]
     for name, value in args:
         argv += [f"--{name}", str(value)]

@@ -71,7 +71,7 @@ def _from_nvml(nvml: ModuleType) -> list[DetectedGpu]:
 
 def parse_smi_csv(text: str) -> list[DetectedGpu]:
     """Rows of `name, memory.total [MiB], compute_cap` (noheader, nounits)."""
-    gpus = []
+    gpus: list[DetectedGpu] = []
     for line in text.splitlines():
         if not line.strip():
             continue

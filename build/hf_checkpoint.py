@@ -11,17 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from nemo_trt.atomic import atomic_dir
 from nemo_trt.build.spec import ModelSpec
 from nemo_trt.errors import NemoTrtError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from safetensors import safe_open
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -73,10 +76,12 @@ def read_shard_header(path: Path) -> ShardHeader:
                 raise NemoTrtError(f"{path}: not a safetensors file (shorter than 8 bytes)", fix)
             (hlen,) = struct.unpack("<Q", raw_len)
             if hlen > _MAX_HEADER or 8 + hlen > size:
-                raise NemoTrtError(f"{path}: safetensors header length {hlen} does not fit the file ({size} bytes)", fix)
+                raise NemoTrtError(f"{path}: safetensors header length {hlen} does not fit the file ({size} bytes)",
+                                   fix)
             raw = fh.read(hlen)
     except OSError as exc:
-        raise NemoTrtError(f"cannot read {path}: {exc.strerror or exc}", "check the file exists and is readable") from exc
+        raise NemoTrtError(f"cannot read {path}: {exc.strerror or exc}",
+                           "check the file exists and is readable") from exc
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -117,7 +122,7 @@ class HFCheckpoint:
         self.spec = ModelSpec.from_path(self.directory)
         self.shards: dict[str, ShardHeader] = {}
         self.tensors: dict[str, TensorInfo] = {}
-        self._open: dict[str, object] = {}
+        self._open: dict[str, safe_open] = {}
         self._load_index()
 
     # ---- discovery and validation ---------------------------------------
@@ -141,7 +146,8 @@ class HFCheckpoint:
             files = sorted(p.name for p in self.directory.glob("*.safetensors"))
             if not files:
                 raise NemoTrtError(f"no *.safetensors files in {self.directory}",
-                                   "nemo-trt reads safetensors checkpoints; convert .bin weights with transformers first")
+                                   "nemo-trt reads safetensors checkpoints; "
+                                   "convert .bin weights with transformers first")
         for f in files:
             header = read_shard_header(self.directory / f)
             self.shards[f] = header
@@ -152,8 +158,8 @@ class HFCheckpoint:
                 self.tensors[name] = info
         if weight_map is not None:
             for name, shard in weight_map.items():
-                info = self.tensors.get(name)
-                if info is None or info.shard != shard:
+                held = self.tensors.get(name)
+                if held is None or held.shard != shard:
                     raise NemoTrtError(f"{INDEX_NAME} says {name!r} is in {shard}, but that shard does not hold it",
                                        "re-download the checkpoint; index and shards do not match")
 
@@ -186,7 +192,7 @@ class HFCheckpoint:
             if handle is None:
                 handle = safe_open(str(self.directory / info.shard), framework="pt")
                 self._open[info.shard] = handle
-            return handle.get_tensor(name)  # type: ignore[attr-defined]
+            return handle.get_tensor(name)
         except (SafetensorError, OSError) as exc:
             raise NemoTrtError(f"cannot read tensor {name!r} from {info.shard}: {exc}",
                                f"re-download {info.shard}; the file is truncated or corrupt") from exc
@@ -198,7 +204,7 @@ class HFCheckpoint:
     def close(self) -> None:
         self._open.clear()
 
-    def __enter__(self) -> "HFCheckpoint":
+    def __enter__(self) -> HFCheckpoint:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -237,8 +243,12 @@ class PendingTensor:
 
 def _as_pending(tensors: Sequence[PendingTensor] | Mapping[str, torch.Tensor]) -> list[PendingTensor]:
     if isinstance(tensors, Mapping):
-        return [PendingTensor(n, tuple(t.shape), t.dtype, (lambda t=t: t)) for n, t in tensors.items()]
+        return [PendingTensor(n, tuple(t.shape), t.dtype, _already_made(t)) for n, t in tensors.items()]
     return list(tensors)
+
+
+def _already_made(t: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: t
 
 
 def plan_shards(tensors: Sequence[PendingTensor], max_shard_bytes: int) -> list[list[PendingTensor]]:
@@ -280,7 +290,8 @@ def write_hf_checkpoint(
             for t in shard:
                 tensor = t.make()
                 if tuple(tensor.shape) != tuple(t.shape) or tensor.dtype != t.dtype:
-                    raise ValueError(f"{t.name}: made {tensor.dtype}{list(tensor.shape)}, declared {t.dtype}{list(t.shape)}")
+                    raise ValueError(f"{t.name}: made {tensor.dtype}{list(tensor.shape)}, "
+                                     f"declared {t.dtype}{list(t.shape)}")
                 data[t.name] = tensor.contiguous()
                 weight_map[t.name] = fname
                 total += t.nbytes

@@ -21,10 +21,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nemo_trt import __version__
 from nemo_trt.atomic import atomic_write_text
@@ -59,6 +60,7 @@ class BuildRequest:
     force: bool = False
     workers: int | None = None
     calib_device: str = "cpu"  # where FP8 calibration runs (layer by layer): cpu | cuda
+    gpus_per_node: int | None = None  # split the layout over nodes of this size (nemo_trt.build.layout)
 
 
 @dataclass(frozen=True)
@@ -135,18 +137,20 @@ def checkpoint_fingerprints(ckpt_dir: Path) -> tuple[str | None, str | None]:
 
 def _convert(hf_dir: Path, out_dir: Path, *, tp: int, pp: int, precision: str, kv_cache_dtype: str,
              force: bool, calib_device: str = "cpu", on_stage: Reporter | None = None) -> ConvertResult:
-    from nemo_trt.build.convert import convert_checkpoint
+    from nemo_trt.build.convert import ConversionResult, convert_checkpoint
 
-    kwargs = dict(tp=tp, pp=pp, precision=precision, kv_cache_dtype=kv_cache_dtype, progress=False,
-                  device=calib_device, on_stage=on_stage)
+    def convert(replace: bool) -> ConversionResult:
+        return convert_checkpoint(hf_dir, out_dir, tp=tp, pp=pp, precision=precision, kv_cache_dtype=kv_cache_dtype,
+                                  progress=False, force=replace, device=calib_device, on_stage=on_stage)
+
     try:
-        result = convert_checkpoint(hf_dir, out_dir, force=False, **kwargs)
+        result = convert(replace=False)
     except NemoTrtError as exc:
         # An output made from other inputs (another profile's layout, an edited source): with
         # --force replace it (atomically: the old one stays until the new one is complete).
         if not (force and out_dir.exists() and "already exists" in exc.problem):
             raise
-        result = convert_checkpoint(hf_dir, out_dir, force=True, **kwargs)
+        result = convert(replace=True)
     fingerprint, source = checkpoint_fingerprints(out_dir)
     return ConvertResult(fingerprint=fingerprint, source_fingerprint=source, reused=bool(result.up_to_date),
                          detail={"bytes_written": result.bytes_written, "kv_cache_dtype": result.kv_cache_dtype,
@@ -198,7 +202,7 @@ def prepare(request: BuildRequest, *, toolchain: Toolchain | None = None) -> Pre
     """Resolve the profile and make the plan. Pure apart from reading the HF config (and GPUs for --gpu auto)."""
     from nemo_trt.build.calibration_plan import plan_calibration
     from nemo_trt.build.gpu_detect import match_profile
-    from nemo_trt.build.planner import make_plan
+    from nemo_trt.build.layout import make_node_plan
     from nemo_trt.build.profiles import load_profile
     from nemo_trt.build.spec import ModelSpec
     from nemo_trt.model_facts import resolve_model
@@ -215,8 +219,9 @@ def prepare(request: BuildRequest, *, toolchain: Toolchain | None = None) -> Pre
         profile = match_profile(list(toolchain.gpus))
     else:
         profile = load_profile(request.gpu)
-    plan = make_plan(spec, profile, precision=request.precision, variant=request.variant,
-                     max_seq_len=request.max_seq_len, max_batch_size=request.max_batch_size)
+    plan = make_node_plan(spec, profile, precision=request.precision, variant=request.variant,
+                          max_seq_len=request.max_seq_len, max_batch_size=request.max_batch_size,
+                          gpus_per_node=request.gpus_per_node)
     plan.calibration = plan_calibration(spec, hf_dir, precision=plan.precision, kv_cache_dtype=plan.kv_cache_dtype,
                                         gpus=[profile.gpu.family], gpu_memory_bytes=profile.gpu.memory_bytes,
                                         device=request.calib_device)
@@ -364,8 +369,10 @@ def check_gpus(p: Prepared, toolchain: Toolchain) -> None:
     families = {getattr(g, "family", None) for g in gpus}
     if families != {prof.family}:
         problems.append(f"GPU model differs (profile: {prof.name}; here: {', '.join(sorted({g.name for g in gpus}))})")
-    if len(gpus) < prof.count:
-        problems.append(f"{len(gpus)} GPU(s) here, the profile needs {prof.count}")
+    # A multi-node layout is built on one of its nodes (trtllm-build builds rank by rank).
+    need = p.plan.gpus_per_node if getattr(p.plan, "nodes", 1) > 1 else prof.count
+    if len(gpus) < need:
+        problems.append(f"{len(gpus)} GPU(s) here, the profile needs {need}")
     smallest = min((g.memory_mib for g in gpus), default=0)
     if smallest < prof.memory_mib * (1 - GPU_MEMORY_TOLERANCE):
         problems.append(f"{smallest} MiB per GPU here, the profile plans for {prof.memory_mib} MiB")
@@ -519,7 +526,9 @@ def run_build(p: Prepared, *, toolchain: Toolchain, report: Reporter | None = No
 
     # verify (cached by the converted checkpoint's fingerprint)
     t0 = time.monotonic()
-    prev = stages_state.get("verify") if isinstance(stages_state.get("verify"), dict) else {}
+    prev = stages_state.get("verify")
+    if not isinstance(prev, dict):
+        prev = {}
     if prev.get("ok") and conv.fingerprint and prev.get("checkpoint_fingerprint") == conv.fingerprint:
         say("verify", "checkpoint already verified")
         record(StageResult("verify", "cached", time.monotonic() - t0,

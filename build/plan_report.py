@@ -29,6 +29,8 @@ def render_plan(plan: Plan, console: Console, *, show_reasons: bool = True) -> N
         f"precision [bold]{plan.precision}[/] (KV cache {plan.kv_cache_dtype}), variant [bold]{plan.variant}[/], "
         f"TP {plan.tp} x PP {plan.pp} = {plan.world_size} GPU(s)"
     )
+    if plan.nodes > 1:
+        console.print(f"[bold]{plan.nodes} nodes[/] x {plan.gpus_per_node} GPUs: {plan.reasons.get('nodes', '')}")
 
     table = Table(title="Memory per GPU (ranks with identical figures grouped)", title_justify="left")
     for col in ("ranks", "layers", "attn layers", "weights GB", "act. GB", "KV pool GB", "KV B/ token"):
@@ -94,3 +96,21 @@ def render_calibration(cal: CalibrationPlan, console: Console) -> None:
             console.print(f"  {r.route} on {r.device}: {r.note}")
     for line in cal.assumptions:
         console.print(f"[dim]assumes {line}[/]")
+
+
+def render_capacity(cap, console: Console) -> None:
+    """Replicas for a request rate (nemo_trt.build.capacity.Capacity), with its basis beside it."""
+    slo = f" within a TTFT p90 of {cap.ttft_slo_ms:.0f} ms" if cap.ttft_slo_ms is not None else ""
+    console.print(
+        f"\n[bold]Capacity[/]: {cap.rate:g} req/s of {cap.isl}+{cap.osl} tokens{slo} -> "
+        f"[bold]{cap.replicas} replica(s)[/] ({cap.basis}: {cap.per_replica_rps:.3f} req/s per replica at "
+        f"{cap.utilization:.0%} utilization" + (f", TTFT ~{cap.ttft_ms:.0f} ms" if cap.ttft_ms is not None else "")
+        + ")"
+    )
+    title = ("measured" if cap.basis == "measured"
+             else "assumptions (an estimate: measure one replica and pass --measured)")
+    console.print(f"[bold]{title}:[/]")
+    for line in cap.assumptions:
+        console.print(f"  - {line}", soft_wrap=True)
+    for warning in cap.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)

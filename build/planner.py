@@ -110,6 +110,9 @@ class Plan(BaseModel):
     concurrent_sequences: int = 0  # min(kv_limited_sequences, max_batch_size)
     total_weight_bytes: int = 0  # sum over ranks (replicated embedding counted per rank)
     activation_formula: str = ""
+    # set by nemo_trt.build.layout when the caller gives the GPUs of one node
+    nodes: int = 1  # nodes one engine's ranks span
+    gpus_per_node: int | None = None  # trtllm-build --gpus_per_node when nodes > 1
     # FP8 calibration stage (build/calibration_plan.py), set by callers that know the checkpoint
     calibration: CalibrationPlan | None = None
 
@@ -124,9 +127,9 @@ def activation_bytes(spec: ModelSpec, *, tp: int, max_num_tokens: int, max_batch
     h, d = spec.hidden_size, spec.head_dim
     first, last = layers
     stage = spec.layers[first:last + 1]
-    qkv = max(((spec.num_attention_heads // tp + 2 * accounting.kv_heads_per_rank(layer.num_kv_heads, tp)) * d
+    qkv = max(((spec.num_attention_heads // tp + 2 * accounting.kv_heads_per_rank(layer.attention_kv_heads, tp)) * d
                for layer in stage if layer.has_kv_cache), default=0)
-    dff = max((accounting.ceil_div(layer.intermediate_size, tp) for layer in stage if layer.ffn is FFNKind.MLP),
+    dff = max((accounting.ceil_div(layer.mlp_intermediate_size, tp) for layer in stage if layer.ffn is FFNKind.MLP),
               default=0)
     if any(layer.ffn is FFNKind.LINEAR for layer in stage):
         dff = max(dff, accounting.ceil_div(h, tp))
@@ -249,7 +252,8 @@ def make_plan(spec: ModelSpec, profile: GpuProfile, *, precision: str | None = N
                 "(max_seq_len counts prompt plus generated tokens)",
                 f"use --max-input-len {s['max_seq_len'] // 2} or raise --max-seq-len",
             )
-        reasons["max_input_len"] = f"half of max_seq_len {s['max_seq_len']} (profile value {s['max_input_len']} did not fit)"
+        reasons["max_input_len"] = (f"half of max_seq_len {s['max_seq_len']} "
+                                    f"(profile value {s['max_input_len']} did not fit)")
         s["max_input_len"] = max(1, s["max_seq_len"] // 2)
     if input_len <= 0 or output_len <= 0:
         raise NemoTrtError("--input-len and --output-len must be positive", "pass positive token counts")

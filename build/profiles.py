@@ -29,7 +29,7 @@ from nemo_trt.resources import gpus_dir
 
 Precision = Literal["bf16", "fp8"]
 Variant = Literal["throughput", "latency"]
-VARIANTS: tuple[str, ...] = ("throughput", "latency")
+VARIANTS: tuple[Variant, ...] = ("throughput", "latency")
 GPU_REASON_FIELDS = ("memory_mib", "compute_capability", "fp8", "interconnect")
 
 
@@ -161,7 +161,7 @@ class GpuProfile(BaseModel):
             )
         if variant not in VARIANTS:
             raise NemoTrtError(f"unknown variant {variant!r}", f"use one of {', '.join(VARIANTS)}")
-        layout = self.layouts[precision][variant]  # type: ignore[index]
+        layout = self.layouts[precision][variant]
         return ResolvedLayout(
             precision=precision, variant=variant, tp=layout.tp, pp=layout.pp,
             settings={**self.defaults.settings.set_fields(), **layout.settings.set_fields()},

@@ -55,6 +55,20 @@ class LayerSpec:
         return self.attention is AttentionKind.ATTENTION
 
     @property
+    def attention_kv_heads(self) -> int:
+        """num_kv_heads of an attention layer (the only kind that has KV heads)."""
+        if self.num_kv_heads is None:
+            raise ValueError(f"layer {self.index} ({self.attention.value}) has no KV heads")
+        return self.num_kv_heads
+
+    @property
+    def mlp_intermediate_size(self) -> int:
+        """intermediate_size of an MLP layer (the only FFN kind that has one)."""
+        if self.intermediate_size is None:
+            raise ValueError(f"layer {self.index} ({self.ffn.value} FFN) has no intermediate size")
+        return self.intermediate_size
+
+    @property
     def has_input_layernorm(self) -> bool:
         return self.attention is not AttentionKind.NO_OP
 
@@ -123,7 +137,7 @@ class ModelSpec:
 
     @property
     def kv_head_counts(self) -> list[int]:
-        return [layer.num_kv_heads for layer in self.attention_layers]  # type: ignore[misc]
+        return [layer.attention_kv_heads for layer in self.attention_layers]
 
     def hf_tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor the HF checkpoint must contain, with its [out, in] shape, in a stable order."""
@@ -134,7 +148,7 @@ class ModelSpec:
             if layer.has_input_layernorm:
                 shapes[p + "input_layernorm.weight"] = (h,)
             if layer.attention is AttentionKind.ATTENTION:
-                kv = layer.num_kv_heads * d  # type: ignore[operator]
+                kv = layer.attention_kv_heads * d
                 shapes[p + "self_attn.q_proj.weight"] = (self.num_attention_heads * d, h)
                 shapes[p + "self_attn.k_proj.weight"] = (kv, h)
                 shapes[p + "self_attn.v_proj.weight"] = (kv, h)
@@ -144,10 +158,10 @@ class ModelSpec:
             if layer.has_post_layernorm:
                 shapes[p + "post_attention_layernorm.weight"] = (h,)
             if layer.ffn is FFNKind.MLP:
-                f = layer.intermediate_size
-                shapes[p + "mlp.gate_proj.weight"] = (f, h)  # type: ignore[assignment]
-                shapes[p + "mlp.up_proj.weight"] = (f, h)  # type: ignore[assignment]
-                shapes[p + "mlp.down_proj.weight"] = (h, f)  # type: ignore[assignment]
+                f = layer.mlp_intermediate_size
+                shapes[p + "mlp.gate_proj.weight"] = (f, h)
+                shapes[p + "mlp.up_proj.weight"] = (f, h)
+                shapes[p + "mlp.down_proj.weight"] = (h, f)
             elif layer.ffn is FFNKind.LINEAR:
                 shapes[p + "mlp.linear_mlp.weight"] = (h, h)
         shapes["model.norm.weight"] = (h,)
@@ -170,11 +184,11 @@ class ModelSpec:
 
     # ---- parsing ---------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], name: str | None = None, source: str = "config.json") -> "ModelSpec":
+    def from_config(cls, cfg: dict[str, Any], name: str | None = None, source: str = "config.json") -> ModelSpec:
         return _parse(cfg, name=name, source=source)
 
     @classmethod
-    def from_path(cls, path: str | Path, name: str | None = None) -> "ModelSpec":
+    def from_path(cls, path: str | Path, name: str | None = None) -> ModelSpec:
         """Parse a model directory (with config.json) or a config.json file."""
         path = Path(path)
         cfg_path = path / "config.json" if path.is_dir() else path

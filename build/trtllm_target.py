@@ -8,7 +8,7 @@ reads the tag from here, never from a string literal elsewhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -136,7 +136,7 @@ def _parse(data: dict, path: Path) -> TrtllmTarget:
                            "restore it from the nemo-trt sources") from exc
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_target(version: str = TARGET_VERSION) -> TrtllmTarget:
     path = configs_dir() / "trtllm" / f"{version}.yaml"
     if not path.is_file():

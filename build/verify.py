@@ -102,22 +102,24 @@ def verify_checkpoint(checkpoint: str | Path, converted: str | Path, *, logits: 
     from safetensors import safe_open
 
     for r in range(out.tp * out.pp):
-        want = {e.name: e for _, es in rank_entries(src.spec, RankMapping(out.tp, out.pp, r), q) for e in es}
+        expected_entries = {e.name: e for _, es in rank_entries(src.spec, RankMapping(out.tp, out.pp, r), q)
+                            for e in es}
         try:
             h = safe_open(str(out.directory / rank_file(r)), framework="pt")
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
             p.append(f"{rank_file(r)}: cannot be opened ({exc})")
             return report
-        got = set(h.keys())
-        for name in sorted(set(want) - got)[:5]:
+        stored = set(h.keys())
+        for name in sorted(set(expected_entries) - stored)[:5]:
             p.append(f"{rank_file(r)}: missing {name}")
-        for name in sorted(got - set(want))[:5]:
+        for name in sorted(stored - set(expected_entries))[:5]:
             p.append(f"{rank_file(r)}: unexpected tensor {name}")
-        for name in sorted(got & set(want)):
+        for name in sorted(stored & set(expected_entries)):
             sl = h.get_slice(name)
             shape = tuple(sl.get_shape())
-            if shape != want[name].shape:
-                p.append(f"{rank_file(r)}: {name} has shape {list(shape)}, expected {list(want[name].shape)}")
+            if shape != expected_entries[name].shape:
+                p.append(f"{rank_file(r)}: {name} has shape {list(shape)}, "
+                         f"expected {list(expected_entries[name].shape)}")
     if len(p) > before_layout:
         return report  # names/shapes are wrong: comparing values would only repeat it
     # 4. tensors
@@ -154,7 +156,7 @@ def verify_checkpoint(checkpoint: str | Path, converted: str | Path, *, logits: 
                 continue
             want = src.read(name)
             if src.is_fp8(name):
-                want = fp8.dequantize(want, src.weight_scale(name), torch.float32 if got.dtype == torch.float32 else got.dtype)
+                want = fp8.dequantize(want, src.weight_scale(name), got.dtype)
             report.tensors_checked += 1
             if got.dtype != torch.float32:  # unquantized: must be bit-exact (after the documented dtype cast)
                 if not torch.equal(got, want.to(got.dtype)):
@@ -168,7 +170,8 @@ def verify_checkpoint(checkpoint: str | Path, converted: str | Path, *, logits: 
             if not rel <= FP8_REL_TOL:
                 p.append(f"{name}: FP8 relative error {rel:.4f} exceeds {FP8_REL_TOL:.4f}")
     report.worst = sorted(errors, key=lambda e: -e.rel_error)[:5]
-    missing = set(spec.hf_tensor_shapes()) - {s for r in range(out.pp) for rule in out.stage_rules(r) for s in rule.sources}
+    covered = {s for r in range(out.pp) for rule in out.stage_rules(r) for s in rule.sources}
+    missing = set(spec.hf_tensor_shapes()) - covered
     if missing:
         p.append(f"converted checkpoint does not cover {sorted(missing)[:3]}")
     # 5. logits

@@ -5,8 +5,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from nemo_trt.errors import NemoTrtError
 

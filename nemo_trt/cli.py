@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("nemo_trt.commands.serve", "Start tritonserver on a model repository."),
     "chat": ("nemo_trt.commands.chat", "Send one chat prompt to a running server and stream the answer."),
     "regress": ("nemo_trt.commands.regress", "Record and check golden outputs against a running server."),
+    "deploy": ("nemo_trt.commands.deploy", "Render Kubernetes manifests for a built WORKDIR (replicas, autoscaling, "
+               "multi-node)."),
 }
 
 

@@ -14,9 +14,12 @@ err_console = Console(stderr=True, highlight=False)
 
 
 def report_error(exc: NemoTrtError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.problem}", markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    # problem and fix are plain text: "[/DIR]" in a usage hint is not a closing tag
+    err_console.print(f"[bold red]error:[/] {escape(exc.problem)}", markup=True, soft_wrap=True)
     if exc.fix:
-        err_console.print(f"[bold]fix:[/] {exc.fix}", soft_wrap=True)
+        err_console.print(f"[bold]fix:[/] {escape(exc.fix)}", soft_wrap=True)
 
 
 def print_json(data: Any) -> None:

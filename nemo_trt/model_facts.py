@@ -39,6 +39,17 @@ class SamplingDefaults(BaseModel):
         return self.temperature <= 0.0
 
 
+class ToolFacts(BaseModel):
+    """How tools, calls and results are written into the prompt (serving.yaml `tools`)."""
+
+    default_reasoning: Reasoning = "off"
+    instructions: str
+    available: str  # holds `{functions}`: the JSON list of function definitions
+    call_open: str = "<TOOLCALL>"
+    call_close: str = "</TOOLCALL>"
+    result_role: str = "tool"
+
+
 class ServingFacts(BaseModel):
     name: str
     hf_id: str
@@ -48,6 +59,7 @@ class ServingFacts(BaseModel):
     sampling: dict[Reasoning, SamplingDefaults]
     max_position_embeddings: int
     chat_template: str
+    tools: ToolFacts | None = None
 
     def system_prompt(self, reasoning: Reasoning) -> str:
         return self.reasoning.system_prompts[reasoning]

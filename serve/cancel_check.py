@@ -11,7 +11,7 @@ a cancelled stream still stops within `interval_s` plus one token.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 DEFAULT_INTERVAL_S = 0.01
 

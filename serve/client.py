@@ -19,7 +19,7 @@ import json
 import queue
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -226,7 +226,8 @@ def _explain_unavailable(client, url: str, model: str, protocol: Protocol, cause
                            live=client.is_server_live, ready=lambda: client.is_model_ready(model))
 
 
-def _grpc_stream(url: str, request: GenerateRequest, stream: bool, timeout: float) -> Iterator[Delta]:
+def _grpc_stream(url: str | None, request: GenerateRequest, stream: bool, timeout: float
+                 ) -> Generator[Delta, None, None]:
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -285,9 +286,11 @@ def _grpc_stream(url: str, request: GenerateRequest, stream: bool, timeout: floa
 def _classify_error(client, url: str, model: str, error: Exception) -> NemoTrtError:
     message = str(error)
     status = str(getattr(error, "status", lambda: "")() or "")
-    if "UNAVAILABLE" in status or "Socket closed" in message or "failed to connect" in message.lower() or "unavailable" in message.lower():
+    lowered = message.lower()
+    if ("UNAVAILABLE" in status or "Socket closed" in message
+            or "failed to connect" in lowered or "unavailable" in lowered):
         return _explain_unavailable(client, url, model, "grpc", error)
-    if "unknown model" in message.lower() or "is not ready" in message.lower():
+    if "unknown model" in lowered or "is not ready" in lowered:
         return _explain_unavailable(client, url, model, "grpc", error)
     return GenerateError(f"the server rejected the request: {message}")
 
@@ -306,7 +309,8 @@ def _http_check(url: str, model: str, cause: Exception) -> NemoTrtError:
                            live=lambda: ok("/v2/health/live"), ready=lambda: ok(f"/v2/models/{model}/ready"))
 
 
-def _http_stream(url: str, request: GenerateRequest, stream: bool, timeout: float) -> Iterator[Delta]:
+def _http_stream(url: str | None, request: GenerateRequest, stream: bool, timeout: float
+                 ) -> Generator[Delta, None, None]:
     import urllib.error
     import urllib.request
 
@@ -350,8 +354,8 @@ def _http_stream(url: str, request: GenerateRequest, stream: bool, timeout: floa
 
 def stream_generate(
     url: str | None, request: GenerateRequest, protocol: Protocol = "grpc", timeout: float = 300.0
-) -> Iterator[Delta]:
-    """Stream deltas, one per generated token (as the server sends them)."""
+) -> Generator[Delta, None, None]:
+    """Stream deltas, one per generated token (as the server sends them); close() it to stop early."""
     if protocol == "grpc":
         return _grpc_stream(url, request, True, timeout)
     if protocol == "http":
@@ -381,7 +385,8 @@ def collect(deltas: Iterator[Delta], request: GenerateRequest, start_time: float
     total = time.perf_counter() - start
     if count is None and ids:
         count = len(ids)
-    finish = None if count is None else ("length" if count >= request.max_tokens else "stop")
+    finish: Literal["stop", "length"] | None = (
+        None if count is None else ("length" if count >= request.max_tokens else "stop"))
     gaps = [b - a for a, b in zip(times, times[1:])]
     return Result(
         text="".join(text),

@@ -33,7 +33,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from nemo_trt.errors import NemoTrtError
 
@@ -42,6 +42,7 @@ SYSTEM_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
 SHM_DIR = Path("/dev/shm")
 DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
 TRTLLM_MODEL_NAME = "tensorrt_llm"
+STDOUT_LOG = "-"  # log_file value: inherit stdout instead of writing a file
 
 
 # --------------------------------------------------------------------------- locating the server
@@ -220,7 +221,8 @@ def read_repository(repo: Path) -> list[RepoModel]:
     from tritonclient.grpc import model_config_pb2
 
     if not repo.is_dir():
-        raise NemoTrtError(f"model repository {repo} does not exist", "write one with `nemo-trt repo` or `nemo-trt build`")
+        raise NemoTrtError(f"model repository {repo} does not exist",
+                           "write one with `nemo-trt repo` or `nemo-trt build`")
     models = []
     for config_path in sorted(repo.glob("*/config.pbtxt")):
         text = config_path.read_text()
@@ -291,6 +293,7 @@ class ServerOptions:
     shm_prefix: str | None = None  # python backend shared-memory region prefix
     exit_timeout: int | None = None  # seconds Triton waits for in-flight work on SIGTERM (its default: 30)
     extra_args: list[str] = field(default_factory=list)
+    mpi_hostfile: Path | None = None  # ranks over several hosts (nemo_trt.serve.k8s.multinode writes it)
 
 
 def tritonserver_args(binary: Path | str, options: ServerOptions, rank: int = 0) -> list[str]:
@@ -332,6 +335,9 @@ def server_command(binary: Path | str, options: ServerOptions, world_size: int =
     if world_size == 1:
         return tritonserver_args(binary, options, 0)
     command = [mpirun, "--allow-run-as-root"]
+    if options.mpi_hostfile is not None:
+        # fill each host's slots in rank order: a TP group never straddles two hosts
+        command += ["--hostfile", str(options.mpi_hostfile), "--map-by", "slot", "--bind-to", "none"]
     for rank in range(world_size):
         if rank:
             command.append(":")
@@ -417,6 +423,8 @@ def cleanup_stale_shm(shm_dir: Path = SHM_DIR) -> int:
 
 
 def _tail(path: Path, lines: int = 40) -> str:
+    if str(path) == STDOUT_LOG:
+        return "(the server log went to standard output, above)"
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -436,7 +444,8 @@ class TritonServer:
                  grpc_port: int = 8001, metrics_port: int = 8002, model_control_mode: ModelControlMode = "none",
                  load_models: Sequence[str] = (), log_verbose: int = 0, log_file: str | Path | None = None,
                  tritonserver: str | Path | None = None, startup_timeout: float = 180.0,
-                 check_engines: bool = True, extra_args: Sequence[str] = (), exit_timeout: int = 10):
+                 check_engines: bool = True, extra_args: Sequence[str] = (), exit_timeout: int = 10,
+                 mpi_hostfile: str | Path | None = None):
         self.repo = Path(repo).resolve()
         self.host = host
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
@@ -449,12 +458,13 @@ class TritonServer:
         self.check_engines = check_engines
         self.extra_args = list(extra_args)
         self.exit_timeout = exit_timeout
+        self.mpi_hostfile = Path(mpi_hostfile) if mpi_hostfile else None
         self.process: subprocess.Popen | None = None
         self.command: list[str] = []
         self.world_size = 1
         self.startup_seconds: float | None = None
         self._shm_prefix = f"nemo_trt_{os.getpid()}_{id(self) & 0xFFFF:x}_"
-        self._log_handle = None
+        self._log_handle: IO[bytes] | None = None
 
     # -- urls -------------------------------------------------------------
     @property
@@ -499,7 +509,7 @@ class TritonServer:
             metrics_port=self.ports["metrics"], model_control_mode=self.model_control_mode,
             load_models=self.load_models, log_verbose=self.log_verbose,
             backend_dir=prepare_backend_dir(install), shm_prefix=self._shm_prefix, extra_args=self.extra_args,
-            exit_timeout=self.exit_timeout,
+            exit_timeout=self.exit_timeout, mpi_hostfile=self.mpi_hostfile,
         )
         if self.world_size > 1 and shutil.which("mpirun") is None:
             raise NemoTrtError(
@@ -516,29 +526,32 @@ class TritonServer:
         cleanup_stale_shm()
         if self.log_file is None:
             self.log_file = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log_handle = open(self.log_file, "wb")  # noqa: SIM115 - closed in stop()
+        if str(self.log_file) == STDOUT_LOG:  # the server logs to our stdout (containers: `kubectl logs`)
+            self._log_handle = None
+        else:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log_handle = open(self.log_file, "wb")  # noqa: SIM115 - closed in stop()
         began = time.monotonic()
         self.process = subprocess.Popen(
             command, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the server in order
         )
         try:
-            self._wait_ready(began)
+            self._wait_ready(self.process, self.log_file, began)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - began
         return self
 
-    def _wait_ready(self, began: float) -> None:
+    def _wait_ready(self, process: subprocess.Popen, log_file: Path, began: float) -> None:
         url = f"{self.http_url}/v2/health/ready"
         while True:
-            code = self.process.poll()
+            code = process.poll()
             if code is not None:
                 raise NemoTrtError(
                     f"tritonserver exited with code {code} while starting; last log lines "
-                    f"({self.log_file}):\n{_tail(self.log_file)}",
+                    f"({log_file}):\n{_tail(log_file)}",
                     "fix the model load error above (model config, checkpoint path, Python packages)",
                 )
             try:
@@ -550,7 +563,7 @@ class TritonServer:
             if time.monotonic() - began > self.startup_timeout:
                 raise NemoTrtError(
                     f"tritonserver not ready after {self.startup_timeout:.0f} s; last log lines "
-                    f"({self.log_file}):\n{_tail(self.log_file)}",
+                    f"({log_file}):\n{_tail(log_file)}",
                     "look for a model stuck loading above; raise the startup timeout for big models",
                 )
             time.sleep(0.1)
@@ -587,6 +600,12 @@ class TritonServer:
             with contextlib.suppress(OSError):
                 path.unlink()
         return code
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("server not started")
+        return self.process.pid
 
     def wait(self) -> int:
         """Block until the server exits (Ctrl-C is the caller's to handle)."""

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Tokenizer
 
-from nemo_trt.model_facts import ServingFacts
+from nemo_trt.model_facts import Reasoning, ServingFacts
 from nemo_trt.serve.prompt import PromptError, PromptRenderer, decode_utf8, parse_messages, parse_reasoning
+from nemo_trt.serve.toolcall import ToolSpecError, parse_tools
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class PreprocessSettings:
     max_input_len: int
     max_seq_len: int
     default_max_tokens: int
-    default_reasoning: str = "on"
+    default_reasoning: Reasoning = "on"
 
 
 @dataclass
@@ -36,6 +37,8 @@ class RequestFields:
 
     text_input: bytes | str | None = None
     messages: bytes | str | None = None
+    tools: bytes | str | None = None  # OpenAI `tools` JSON (rendered into the first user turn)
+    continue_final: bool | None = None  # continue the final assistant message (no new turn)
     reasoning: bytes | str | None = None
     max_tokens: int | None = None
     stop_words: list[bytes | str] = field(default_factory=list)
@@ -71,7 +74,7 @@ class PreparedRequest:
     stop_words: np.ndarray  # [2, L] int32, TensorRT-LLM word-list format
     bad_words: np.ndarray  # [2, L] int32
     sampling: Sampling
-    reasoning: str
+    reasoning: Reasoning
     stream: bool
     min_tokens: int = 1  # TensorRT-LLM's default: the end id may come first
 
@@ -94,7 +97,7 @@ def word_list(words: list[list[int]]) -> np.ndarray:
     return result
 
 
-def effective_sampling(reasoning: str, facts: ServingFacts, temperature: float | None,
+def effective_sampling(reasoning: Reasoning, facts: ServingFacts, temperature: float | None,
                        top_p: float | None, top_k: int | None) -> Sampling:
     """No sampling field given: the mode's recommendation. Any given: those, neutral
     values for the rest (temperature 1, top_p 1, top_k 0 = off), like OpenAI servers."""
@@ -142,15 +145,27 @@ class Preprocessor:
         for name in ("beam_width", "num_return_sequences"):
             value = getattr(fields, name)
             if value is not None and value != 1:
-                raise PromptError(f"{name}={value} is not supported: this deployment generates one sequence (beam width 1)")
+                raise PromptError(f"{name}={value} is not supported: "
+                                  "this deployment generates one sequence (beam width 1)")
         explicit = parse_reasoning(fields.reasoning, None) if fields.reasoning is not None else None
         text = fields.text_input
         if text is not None and decode_utf8(text, "text_input") == "" and fields.messages is not None:
             text = None  # an empty text_input beside messages (some clients always send it)
         if text is not None and fields.messages is not None:
             raise PromptError("send either text_input or messages, not both")
+        tools = None
+        if fields.tools is not None and decode_utf8(fields.tools, "tools").strip():
+            try:
+                tools = parse_tools(decode_utf8(fields.tools, "tools"))
+            except ToolSpecError as exc:
+                raise PromptError(str(exc)) from None
+        continue_final = bool(fields.continue_final)
+        if (tools or continue_final) and fields.messages is None:
+            raise PromptError("tools and continue_final need a chat: send messages, not text_input")
         if fields.messages is not None:
-            rendered = self.renderer.render(parse_messages(fields.messages), explicit, s.default_reasoning)
+            chat = parse_messages(fields.messages, continue_final=continue_final)
+            rendered = self.renderer.render(chat, explicit, s.default_reasoning, tools=tools,
+                                            continue_final=continue_final)
         elif text is not None:
             rendered = self.renderer.render_text(decode_utf8(text, "text_input"), explicit, s.default_reasoning)
         else:

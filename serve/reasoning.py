@@ -20,7 +20,7 @@ class Split:
     reasoning: str = ""
     answer: str = ""
 
-    def __add__(self, other: "Split") -> "Split":
+    def __add__(self, other: Split) -> Split:
         return Split(self.reasoning + other.reasoning, self.answer + other.answer)
 
 

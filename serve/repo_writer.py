@@ -22,6 +22,7 @@ Triton, and into `nemo_trt_repository.json` (key `identity`) next to the models.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import re
@@ -91,26 +92,24 @@ def fill_template(text: str, values: dict[str, Any], where: str) -> str:
                                "this is a nemo-trt bug: the template and the writer disagree")
         return "" if values[name] is None else match.group(0)
 
+    def fill(match: re.Match, comment: bool) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise NemoTrtError(f"{where}: no value for placeholder ${{{name}}}",
+                               "this is a nemo-trt bug: the template and the writer disagree")
+        value = values[name]
+        if comment:  # documentation in the template: say what was filled
+            return f"{name}=" + ("(unset)" if value is None else _format(value))
+        if value is None:
+            raise NemoTrtError(f"{where}: placeholder ${{{name}}} is required here but has no value",
+                               "this is a nemo-trt bug: the writer must provide it")
+        return _format(value)
+
     text = _PARAMETER_BLOCK.sub(drop_unset, text)
-    lines = []
-    for line in text.splitlines(keepends=True):
-        comment = line.lstrip().startswith("#")
-
-        def sub(match: re.Match) -> str:
-            name = match.group(1)
-            if name not in values:
-                raise NemoTrtError(f"{where}: no value for placeholder ${{{name}}}",
-                                   "this is a nemo-trt bug: the template and the writer disagree")
-            value = values[name]
-            if comment:  # documentation in the template: say what was filled
-                return f"{name}=" + ("(unset)" if value is None else _format(value))
-            if value is None:
-                raise NemoTrtError(f"{where}: placeholder ${{{name}}} is required here but has no value",
-                                   "this is a nemo-trt bug: the writer must provide it")
-            return _format(value)
-
-        lines.append(_PLACEHOLDER.sub(sub, line))
-    text = "".join(lines)
+    text = "".join(
+        _PLACEHOLDER.sub(functools.partial(fill, comment=line.lstrip().startswith("#")), line)
+        for line in text.splitlines(keepends=True)
+    )
     if "${" in text:
         raise NemoTrtError(f"{where}: unfilled placeholder left: {text[text.index('${'):][:60]!r}",
                            "this is a nemo-trt bug: report it")
@@ -470,6 +469,7 @@ def write_repository(
         })
         llm_template = templates / "tensorrt_llm"
     else:
+        assert reference_dir is not None  # exactly one backend was given (checked above)
         reference_dir = Path(reference_dir).absolute()
         fix = "pass --reference the directory written by `nemo-trt convert` (or an HF checkpoint directory)"
         config = _read_json(reference_dir / "config.json", "a model checkpoint", fix)

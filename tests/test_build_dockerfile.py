@@ -48,7 +48,7 @@ def test_installs_the_package_without_dev_extra_and_runs_nemo_trt():
 
 def test_dockerignore_keeps_the_context_small():
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".git", ".venv", "venv"} <= set(ignored)
+    assert {".git", ".venv", "venv", ".mypy_cache"} <= set(ignored)
 
 
 def _hadolint() -> str | None:

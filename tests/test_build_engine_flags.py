@@ -109,13 +109,16 @@ def test_inconsistent_settings_are_refused(spec):
     bf16 = make_plan(spec, profile, precision="bf16")
     fp8 = make_plan(spec, profile, precision="fp8")
     trtllm_build_command(fp8, "/c", "/e")
+    def with_build(plan, **update):
+        return plan.model_copy(update={"build": plan.build.model_copy(update=update)})
+
     cases = [
-        (bf16.model_copy(update={"build": bf16.build.model_copy(update={"use_fp8_context_fmha": True})}), "FP8 context"),
-        (bf16.model_copy(update={"build": bf16.build.model_copy(update={"gemm_plugin": "fp8"})}), "gemm_plugin fp8"),
+        (with_build(bf16, use_fp8_context_fmha=True), "FP8 context"),
+        (with_build(bf16, gemm_plugin="fp8"), "gemm_plugin fp8"),
         (fp8.model_copy(update={"kv_cache_dtype": "bf16"}), "FP8 context"),
         (bf16.model_copy(update={"tp": 1, "world_size": 1}), "reduce_fusion"),
         (bf16.model_copy(update={"world_size": 4}), "world size"),
-        (bf16.model_copy(update={"build": bf16.build.model_copy(update={"max_input_len": 40000})}), "max_input_len"),
+        (with_build(bf16, max_input_len=40000), "max_input_len"),
         (bf16.model_copy(update={"build": bf16.build.model_copy(
             update={"use_paged_context_fmha": False, "max_num_tokens": 1024})}), "paged context FMHA"),
         (bf16.model_copy(update={"build": bf16.build.model_copy(update={"max_beam_width": 4})}), "max_beam_width"),

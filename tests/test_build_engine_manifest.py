@@ -67,4 +67,5 @@ def test_rank_engine_files_sorted_numerically(tmp_path):
     for r in (10, 2, 0, 1):
         (tmp_path / f"rank{r}.engine").write_bytes(b"x")
     (tmp_path / "rank.engine").write_bytes(b"x")
-    assert [p.name for p in em.rank_engine_files(tmp_path)] == ["rank0.engine", "rank1.engine", "rank2.engine", "rank10.engine"]
+    names = [p.name for p in em.rank_engine_files(tmp_path)]
+    assert names == ["rank0.engine", "rank1.engine", "rank2.engine", "rank10.engine"]

@@ -320,7 +320,8 @@ rec = lw.RangeRecorder(src.spec.head_dim, True)
 lw.forward_layerwise(lw.LayerLoader(src, torch.device("cpu"), torch.float32, resident=False), batches, rec)
 growth["layerwise"] = rss("VmHWM") - base
 base = rss("VmRSS")
-lw.forward_whole(lw.whole_model(src, torch.device("cpu"), torch.float32), batches, lw.RangeRecorder(src.spec.head_dim, True))
+model = lw.whole_model(src, torch.device("cpu"), torch.float32)
+lw.forward_whole(model, batches, lw.RangeRecorder(src.spec.head_dim, True))
 growth["whole"] = rss("VmHWM") - base
 print(json.dumps(growth))
 """

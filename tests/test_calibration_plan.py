@@ -58,7 +58,7 @@ def test_a_modelopt_fp8_source_needs_no_calibration(tmp_path, capsys):
     from fixtures.convert_models import write_modelopt_fp8
 
     src = write_modelopt_fp8(tmp_path / "fp8")
-    rc, plan = run_json(capsys, "plan", "--gpu", "h200x1", "--model", str(src), "--input-len", "16", "--output-len", "16")
+    rc, plan = run_json(capsys, "plan", "--gpu", "h200x1", "--model", str(src), "--isl", "16", "--osl", "16")
     assert rc == 0 and plan["calibration"]["needed"] is False and "ModelOpt" in plan["calibration"]["why"]
 
 

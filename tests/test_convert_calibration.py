@@ -74,10 +74,12 @@ def test_reader_accepts_modelopt_block_configs(converted, convert_source):
     out = converted(2)
     cfg = json.loads((out / "config.json").read_text())
     src_cfg = json.loads((convert_source / "config.json").read_text())
-    modelopt_style = {k: v for k, v in cfg.items() if k not in ("layer_configs", "layer_types", "num_kv_heads_per_layer")}
+    trtllm_only = ("layer_configs", "layer_types", "num_kv_heads_per_layer")
+    modelopt_style = {k: v for k, v in cfg.items() if k not in trtllm_only}
     modelopt_style["block_configs"] = src_cfg["block_configs"]
+
     def kinds(spec):  # ffn_mult is not part of a TensorRT-LLM layer config
-        return [(l.attention, l.num_kv_heads, l.ffn, l.intermediate_size) for l in spec.layers]
+        return [(layer.attention, layer.num_kv_heads, layer.ffn, layer.intermediate_size) for layer in spec.layers]
 
     assert kinds(spec_from_trtllm_config(modelopt_style)) == kinds(spec_from_trtllm_config(cfg))
     spec, tensors = read_converted_as_hf(out)

@@ -38,12 +38,13 @@ def test_super49b_per_rank_shapes(super49b, tp, qkv, dense_in, lm_rows):
             assert fc.sources == (f"model.layers.{layer.index}.mlp.gate_proj.weight",)  # fc <- gate_proj
             gate = rules[f"transformer.layers.{layer.index}.ffn.gate.weight"]
             assert gate.sources == (f"model.layers.{layer.index}.mlp.up_proj.weight",)  # gate <- up_proj
-            assert rules[f"transformer.layers.{layer.index}.ffn.proj.weight"].shape == (8192, layer.intermediate_size // tp)
+            proj = rules[f"transformer.layers.{layer.index}.ffn.proj.weight"]
+            assert proj.shape == (8192, layer.intermediate_size // tp)
     assert len(rules) == 470  # §4: 3 + 49*3 + 80*4
 
 
 def test_super49b_d_ff_table(super49b):
-    widths = sorted({l.intermediate_size for l in super49b.layers if l.intermediate_size}, reverse=True)
+    widths = sorted({layer.intermediate_size for layer in super49b.layers if layer.intermediate_size}, reverse=True)
     assert widths == [28672, 17920, 14336, 7168, 5632, 2816]
     rules = rank_rules(super49b, RankMapping(8, 1, 0))
     assert min(r.shape[0] for r in rules if r.name.endswith("ffn.fc.weight")) == 352  # 2816 / 8

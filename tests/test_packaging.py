@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _is_scratch(path: str) -> bool:
     """What setuptools/pypa-build style backends leave behind: dist/, *.egg-info, build/lib*, wheels."""
     parts = path.rstrip("/").split("/")
-    return (parts[0] == "dist" or any(p.endswith(".egg-info") for p in parts) or path.endswith(".whl")
-            or (parts[0] == "build" and len(parts) > 1 and (parts[1] == "lib" or parts[1].startswith(("lib.", "bdist.", "temp.")))))
+    build_scratch = (parts[0] == "build" and len(parts) > 1
+                     and (parts[1] == "lib" or parts[1].startswith(("lib.", "bdist.", "temp."))))
+    return parts[0] == "dist" or any(p.endswith(".egg-info") for p in parts) or path.endswith(".whl") or build_scratch
 
 
 def _untracked() -> set[str] | None:

@@ -35,7 +35,8 @@ def test_identity_from_manifest_parameter():
 def test_identity_without_manifest_falls_back_to_model_configs():
     trt = {"tensorrt_llm": {"name": "tensorrt_llm", "backend": "tensorrtllm",
                             "parameters": {"gpt_model_path": _param("/engines/a")}},
-           "preprocessing": {"parameters": {"max_input_len": _param("4096"), "tokenizer_dir": _param("${tokenizer_dir}")}}}
+           "preprocessing": {"parameters": {"max_input_len": _param("4096"),
+                                            "tokenizer_dir": _param("${tokenizer_dir}")}}}
     a = identity_from_configs("h:1", "grpc", "ensemble", "2.58", trt)
     assert a.backend == "tensorrtllm" and not a.deterministic_sampling and a.max_input_len == 4096
     trt["tensorrt_llm"]["parameters"]["gpt_model_path"] = _param("/engines/b")

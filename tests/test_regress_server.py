@@ -60,7 +60,8 @@ def stale_golden_hint(golden: dict, tiny_checkpoint_dir: Path) -> str:
     changed = [k for k in now if now[k] != then.get(k)]
     if not changed:
         return "the tiny model is the one the golden was recorded with: this is a serving regression"
-    return (f"the tiny model differs from the recording ({', '.join(f'{k}: {then.get(k)} -> {now[k]}' for k in changed)}); "
+    differences = ", ".join(f"{k}: {then.get(k)} -> {now[k]}" for k in changed)
+    return (f"the tiny model differs from the recording ({differences}); "
             "if its recipe changed on purpose, or its training is not bit-reproducible on this machine, re-record: "
             "NEMO_TRT_REGRESS_RECORD=1 pytest tests/test_regress_server.py -k golden")
 
@@ -181,7 +182,7 @@ def test_perturbed_weights_fail_with_first_divergence(perturbed_server, golden_p
     failures = [tc for tc in suite.findall("testcase") if tc.find("failure") is not None]
     assert int(suite.get("failures")) == len(failures) >= 1
     message = failures[0].find("failure").get("message") + failures[0].find("failure").text
-    assert f"first divergence at output token" in message and "expected" in message and "got" in message
+    assert "first divergence at output token" in message and "expected" in message and "got" in message
 
 
 def test_perturbed_weights_human_report(perturbed_server, golden_path, capsys):
@@ -190,7 +191,8 @@ def test_perturbed_weights_human_report(perturbed_server, golden_path, capsys):
                          "--case", SWAP_CASE], capsys)
     print(out)
     assert code == 1
-    assert "FAIL" in out and f"first divergence at output token {first} " in out and "expected:" in out and "got     :" in out
+    assert "FAIL" in out and f"first divergence at output token {first} " in out
+    assert "expected:" in out and "got     :" in out
     assert "differs from the golden" in out and "FAILED: 0/1 cases passed" in out
 
 

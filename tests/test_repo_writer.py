@@ -210,7 +210,8 @@ def test_plan_engine_mismatches_are_refused(tmp_path, plan):
 
 
 def test_relocatable(tmp_path):
-    repo = write_repository(tmp_path / "a" / "repo", tokenizer_dir=TOKENIZER_DIR, reference_dir=_reference_dir(tmp_path))
+    repo = write_repository(tmp_path / "a" / "repo", tokenizer_dir=TOKENIZER_DIR,
+                            reference_dir=_reference_dir(tmp_path))
     moved = tmp_path / "elsewhere" / "renamed"
     moved.parent.mkdir()
     shutil.move(str(repo), moved)
@@ -277,7 +278,8 @@ def test_fill_template_rules():
             'parameters: {\n  key: "a"\n  value: {\n    string_value: "${opt}"\n  }\n}\n'
             'parameters: { key: "b" value: { string_value: "${b}" } }\n')
     out = fill_template(text, {"n": 8, "opt": None, "b": True}, "t")
-    assert out == 'max_batch_size: 8\n# doc: n=8 and opt=(unset)\nparameters: { key: "b" value: { string_value: "true" } }\n'
+    assert out == ('max_batch_size: 8\n# doc: n=8 and opt=(unset)\n'
+                   'parameters: { key: "b" value: { string_value: "true" } }\n')
     with pytest.raises(NemoTrtError, match="no value for placeholder"):
         fill_template("x: ${missing}", {}, "t")
     with pytest.raises(NemoTrtError, match="required here"):
@@ -428,6 +430,7 @@ def test_identity_parameter_survives_any_characters():
     from nemo_trt.serve.repo_writer import parse_model_config
 
     identity = {"a": 'quote " backslash \\ newline \n tab \t unicode é 思 {}', "n": [1, 2.5, None, True]}
-    text = f'name: "e"\nparameters: {{ key: "nemo_trt_repository" value: {{ string_value: "{identity_parameter_value(identity)}" }} }}\n'
+    value = identity_parameter_value(identity)
+    text = f'name: "e"\nparameters: {{ key: "nemo_trt_repository" value: {{ string_value: "{value}" }} }}\n'
     config = parse_model_config(text, "t")
     assert json.loads(config.parameters["nemo_trt_repository"].string_value) == identity

@@ -28,7 +28,7 @@ def test_tensors_only_what_is_set():
     assert tensors["stream"][0].tolist() == [True] and tensors["stream"][1] == "BOOL"
     full = GenerateRequest(messages=[{"role": "user", "content": "hé"}], reasoning="off", temperature=0.5,
                            top_p=0.9, top_k=3, seed=2**40, stop_words=["a", "bc"], end_id=7).tensors(stream=False)
-    assert "text_input" not in full and full["messages"][0][0] == '[{"role": "user", "content": "h\\u00e9"}]'.encode()
+    assert "text_input" not in full and full["messages"][0][0] == b'[{"role": "user", "content": "h\\u00e9"}]'
     assert full["seed"][0].dtype == np.uint64 and full["seed"][0].tolist() == [2**40]
     assert full["temperature"][1] == "FP32" and full["top_k"][1] == "INT32" and full["end_id"][0].tolist() == [7]
     assert full["stop_words"][0].tolist() == [b"a", b"bc"] and full["reasoning"][0].tolist() == [b"off"]

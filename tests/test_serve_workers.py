@@ -16,7 +16,7 @@ def _wait_idle(workers: Workers, n: int) -> None:
 def test_sequential_jobs_reuse_one_thread():
     workers = Workers("t")
     names = []
-    for i in range(5):
+    for _ in range(5):
         done = threading.Event()
         workers.submit(lambda d: (names.append(threading.current_thread().name), d.set()), done)
         assert done.wait(5)

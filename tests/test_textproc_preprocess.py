@@ -117,3 +117,27 @@ def test_text_stream_streamed_equals_whole(tokenizer):
     assert "".join(d.reasoning for d in deltas) == whole.reasoning == "plan 日本 🙂"
     assert "".join(d.answer for d in deltas) == whole.answer == "answer é🎉"
     assert [d.num_output_tokens for d in deltas][-1] == whole.num_output_tokens == len(ids)
+
+
+def test_tools_and_continue_final(tokenizer):
+    big = Preprocessor(tokenizer, load_serving_facts(),
+                       PreprocessSettings(max_input_len=2048, max_seq_len=4096, default_max_tokens=100))
+    tools = json.dumps([{"type": "function", "function": {"name": "get_weather", "parameters": {}}}])
+    chat = json.dumps([{"role": "user", "content": "Weather?"}])
+    p = big.prepare(RequestFields(messages=chat, tools=tools))
+    assert p.reasoning == "off" and p.sampling == Sampling(0.0, 1.0, 1)  # the card's tool setting: greedy
+    assert "<AVAILABLE_TOOLS>" in tokenizer.decode(p.input_ids)
+    assert big.prepare(RequestFields(messages=chat, tools="")).input_ids == big.prepare(
+        RequestFields(messages=chat)).input_ids
+    partial = json.dumps([{"role": "user", "content": "q"},
+                          {"role": "assistant", "content": "<think>\nx\n</think>\n\n"}])
+    cont = big.prepare(RequestFields(messages=partial, continue_final=True, reasoning="on"))
+    assert tokenizer.decode(cont.input_ids, skip_special_tokens=False).endswith(
+        "assistant<|end_header_id|>\n\n<think>\nx\n</think>\n\n")
+    for fields, message in [
+        (RequestFields(text_input="q", tools=tools), "need a chat"),
+        (RequestFields(messages=chat, tools="[1]"), "must be an object"),
+        (RequestFields(messages=partial), "last message must be a user"),
+    ]:
+        with pytest.raises(PromptError, match=message):
+            big.prepare(fields)

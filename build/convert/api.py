@@ -6,7 +6,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from nemo_trt.atomic import atomic_dir
 from nemo_trt.build.convert import manifest as mf
@@ -15,6 +16,9 @@ from nemo_trt.build.convert.converter import (KV_DTYPES, PRECISIONS, QuantSettin
 from nemo_trt.build.convert.trtllm_config import DTYPE_NAMES, make_config, rank_file
 from nemo_trt.build.convert.weight_map import check_parallelism
 from nemo_trt.errors import NemoTrtError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nemo_trt.build.convert.calibrate import Calibration
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
                        precision: str = "bf16", kv_cache_dtype: str | None = None, workers: int = 1,
                        force: bool = False, calib_prompts: str | Path | None = None, device: str = "cpu",
                        progress: bool = True, calibrator: str = "reference", calib_method: str = "layerwise",
-                       calibration=None, on_stage: Callable[[str, str], None] | None = None) -> ConversionResult:
+                       calibration: Calibration | None = None,
+                       on_stage: Callable[[str, str], None] | None = None) -> ConversionResult:
     """See the package docstring. `calibration` (a calibrate.Calibration) supplies precomputed activation /
     KV ranges and skips the calibration pass (its `settings` go into the manifest). `on_stage(stage, message)`
     is told when calibration ("calibrate") and writing ("convert") start."""
@@ -61,9 +66,11 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
     spec = src.spec
     check_parallelism(spec, tp, pp)
     dtype = output_dtype(spec, precision)
-    if src.quantized and kv_cache_dtype == "fp8" and any(src.kv_scale(l.index) is None for l in spec.attention_layers):
+    if src.quantized and kv_cache_dtype == "fp8" and any(src.kv_scale(layer.index) is None
+                                                          for layer in spec.attention_layers):
         raise NemoTrtError("the FP8 checkpoint has no k_scale/v_scale for an FP8 KV cache",
-                           "use --kv-cache-dtype bf16, or convert the BF16 checkpoint (nemo-trt calibrates the KV cache)")
+                           "use --kv-cache-dtype bf16, "
+                           "or convert the BF16 checkpoint (nemo-trt calibrates the KV cache)")
     needs_calibration = not src.quantized and (precision == "fp8" or kv_cache_dtype == "fp8")
     prompts = load_prompts(calib_prompts) if needs_calibration and calibration is None else None
     calib_settings = (calibration.settings if calibration is not None and needs_calibration else
@@ -76,23 +83,20 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
         if mf.is_up_to_date(output, inputs):
             return ConversionResult(output, tp, pp, precision, kv_cache_dtype, True,
                                     {n: f["sha256"] for n, f in (mf.load_manifest(output) or {})["files"].items()},
-                                    0, time.perf_counter() - t0, plan["calibration"])
+                                    0, time.perf_counter() - t0, calib_settings)
         raise NemoTrtError(f"{output} already exists and was made from other inputs (or is not a nemo-trt conversion)",
                            "pass --force to replace it, or choose another --output")
 
-    q = QuantSettings(precision, kv_cache_dtype, dtype)
     if not needs_calibration:
         calibration = None
-    elif calibration is not None:
-        q = QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
-    else:
-        assert prompts is not None  # loaded above whenever calibration is needed and none was given
+    elif prompts is not None:  # needed and not supplied: calibrate now
         if on_stage:
             on_stage("calibrate", f"FP8 ranges from {len(prompts)} prompts, {calib_method} on {device}")
         # Refuses (before loading anything) a run that would not fit in memory; cached by source + settings.
         calibration = cal.calibrate(checkpoint, prompts, device=device, calibrator=calibrator, method=calib_method,
                                     kv=kv_cache_dtype == "fp8", progress=progress)
-        q = QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
+    q = (QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
+         if calibration is not None else QuantSettings(precision, kv_cache_dtype, dtype))
 
     total = total_bytes(spec, tp, pp, q)
     if on_stage:
@@ -110,7 +114,7 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
         (tmp / OWNER_FILE).unlink()
     return ConversionResult(output, tp, pp, precision, kv_cache_dtype, False, files, total,
                             time.perf_counter() - t0,
-                            {**calibration.settings, "stats": calibration.stats} if calibration else plan["calibration"])
+                            {**calibration.settings, "stats": calibration.stats} if calibration else calib_settings)
 
 
 def output_dtype(spec, precision: str) -> str:
@@ -142,7 +146,8 @@ def describe_conversion(checkpoint: str | Path, output: str | Path, *, tp: int, 
     dtype = output_dtype(spec, precision)
     total = total_bytes(spec, tp, pp, QuantSettings(precision, kv_cache_dtype, dtype))
     cal = cp.plan_calibration(spec, hf_dir, precision=precision, kv_cache_dtype=kv_cache_dtype, gpus=gpus,
-                              gpu_memory_bytes=gpu_memory_bytes, calib_prompts=calib_prompts, device=device, method=calib_method, calibrator=calibrator)
+                              gpu_memory_bytes=gpu_memory_bytes, calib_prompts=calib_prompts, device=device,
+                              method=calib_method, calibrator=calibrator)
     output = Path(output).absolute()
     has_weights = any(hf_dir.glob("*.safetensors"))
     return {"dry_run": True, "checkpoint": str(hf_dir), "output": str(output), "tp": tp, "pp": pp,

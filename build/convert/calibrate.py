@@ -33,7 +33,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -232,7 +232,8 @@ def _calibrate_modelopt(model, token_lists, dev):  # pragma: no cover - needs nv
                 m(torch.tensor([ids], device=dev))
 
     mtq.quantize(model, cfg, forward_loop=loop)
-    act, kvs = {}, {}
+    act: dict[str, float] = {}
+    kvs: dict[int, float] = {}
     for name, mod in model.named_modules():
         q = getattr(mod, "input_quantizer", None)
         if q is not None and getattr(q, "amax", None) is not None:

@@ -12,23 +12,26 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from nemo_trt.build.convert import fp8
 from nemo_trt.build.convert.mapping import RankMapping, rank_of
+from nemo_trt.build.convert.trtllm_config import rank_file
 from nemo_trt.build.convert.weight_map import Rule, hf_module, pieces_for_rank, rank_rules
 from nemo_trt.build.convert.writer import Entry, StreamingSafetensorsWriter, disk_error
 from nemo_trt.build.hf_checkpoint import DTYPES, TORCH_TO_ST
-
-DTYPE_OF_ST = {name: dt for name, (dt, _) in DTYPES.items()}
-from nemo_trt.build.convert.trtllm_config import rank_file
 from nemo_trt.build.spec import ModelSpec
 from nemo_trt.errors import NemoTrtError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from nemo_trt.build.convert.source import SourceWeights
+
+DTYPE_OF_ST = {name: dt for name, (dt, _) in DTYPES.items()}
 PRECISIONS = ("bf16", "fp8")
 KV_DTYPES = ("bf16", "fp8")
 _TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -78,10 +81,9 @@ def rank_entries(spec: ModelSpec, m: RankMapping, q: QuantSettings) -> list[tupl
 
 
 # ---- one rule: HF tensors -> per-rank tensors -------------------------------------------
-def produce(rule: Rule, src, q: QuantSettings, tp: int, tp_ranks: tuple[int, ...]
+def produce(rule: Rule, src: SourceWeights, q: QuantSettings, tp: int, tp_ranks: tuple[int, ...]
             ) -> Iterator[tuple[int, list[tuple[str, torch.Tensor | list[torch.Tensor]]]]]:
-    """Yield (tp_rank, [(name, tensor or its row blocks in order), ...]) for one rule; `src` is a
-    source.SourceWeights."""
+    """Yield (tp_rank, [(name, tensor or its row blocks in order), ...]) for one rule."""
     sources = [src.read(n) for n in rule.sources]
     source_fp8 = src.is_fp8(rule.sources[0])
     extra: list[tuple[str, torch.Tensor]] = []
@@ -90,11 +92,11 @@ def produce(rule: Rule, src, q: QuantSettings, tp: int, tp_ranks: tuple[int, ...
             w_scales = [src.weight_scale(n) for n in rule.sources]
             w_scale = max(w_scales)
             sources = [fp8.requantize(t, s, w_scale) for t, s in zip(sources, w_scales)]
-            a_scales = [src.input_scale(n) for n in rule.sources]
-            if None in a_scales:
+            a_scales = [s for s in (src.input_scale(n) for n in rule.sources) if s is not None]
+            if len(a_scales) < len(rule.sources):
                 raise NemoTrtError(f"{rule.sources[0]} has no input_scale in the FP8 checkpoint",
                                    "re-export with ModelOpt (static activation scales) or convert the BF16 checkpoint")
-            a_scale = max(a_scales)  # type: ignore[type-var]
+            a_scale = max(a_scales)
         else:
             w_scale = fp8.scale_from_amax(max(fp8.amax(t) for t in sources))
             a_scale = fp8.scale_from_amax(max(_act_amax(q, n) for n in rule.sources))
@@ -105,12 +107,13 @@ def produce(rule: Rule, src, q: QuantSettings, tp: int, tp_ranks: tuple[int, ...
     else:
         sources = [t if t.dtype == q.torch_dtype else t.to(q.torch_dtype) for t in sources]
     if q.kv_cache_dtype == "fp8" and rule.name.endswith("attention.qkv.weight"):
-        kv = src.kv_scale(rule.layer) if src.quantized else None
+        layer = rule.layer_index
+        kv = src.kv_scale(layer) if src.quantized else None
         if kv is None:
-            if rule.layer not in q.kv_amax:
-                raise NemoTrtError(f"no FP8 KV-cache scale for layer {rule.layer}",
+            if layer not in q.kv_amax:
+                raise NemoTrtError(f"no FP8 KV-cache scale for layer {layer}",
                                    "calibrate (BF16 source) or use --kv-cache-dtype bf16 for this FP8 checkpoint")
-            kv = fp8.scale_from_amax(q.kv_amax[rule.layer])
+            kv = fp8.scale_from_amax(q.kv_amax[layer])
         extra.append((rule.name.replace("qkv.weight", fp8.KV_SCALE), fp8.scale_tensor(kv)))
     for r in tp_ranks:
         pieces = pieces_for_rank(rule, sources, tp, r)  # row blocks of the rank tensor: no torch.cat copy
@@ -135,9 +138,10 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
     spec = src.spec
     layout = rank_entries(spec, RankMapping(job.tp, job.pp, rank_of(job.tp_ranks[0], job.pp_rank, job.tp)), job.quant)
     all_entries = [e for _, es in layout for e in es]
-    threaded = len(job.tp_ranks) > 1 or os.cpu_count() and os.cpu_count() > 1
-    writers = {r: StreamingSafetensorsWriter(Path(job.out_dir) / rank_file(rank_of(r, job.pp_rank, job.tp)), all_entries,
-                                             threaded=bool(threaded))
+    threaded = len(job.tp_ranks) > 1 or (os.cpu_count() or 1) > 1
+    out_dir = Path(job.out_dir)
+    writers = {r: StreamingSafetensorsWriter(out_dir / rank_file(rank_of(r, job.pp_rank, job.tp)), all_entries,
+                                             threaded=threaded)
                for r in job.tp_ranks}
     inflight = InFlight(list(writers.values()))
     try:
@@ -146,27 +150,32 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
                 copy_rows(rule, src, job, writers, report, inflight)
                 continue
             held = sum(src.nbytes(n) for n in rule.sources)
-            if src.is_fp8(rule.sources[0]) or any(src.ckpt.tensors[n].dtype != TORCH_TO_ST[weight_dtype(rule, job.quant)]
-                                                  for n in rule.sources):
-                held += sum(e.nbytes for e in entries) * len(job.tp_ranks)  # cast / (re)quantized pieces are new tensors
+            target = TORCH_TO_ST[weight_dtype(rule, job.quant)]
+            if src.is_fp8(rule.sources[0]) or any(src.ckpt.tensors[n].dtype != target for n in rule.sources):
+                # cast / (re)quantized pieces are new tensors
+                held += sum(e.nbytes for e in entries) * len(job.tp_ranks)
             inflight.admit(held)
             for r, tensors in produce(rule, src, job.quant, job.tp, job.tp_ranks):
-                part = None
-                for name, t in tensors:
-                    if isinstance(t, list):
-                        for i, part in enumerate(t):
-                            writers[r].write_chunk(name, part, last=i == len(t) - 1)
-                    else:
-                        writers[r].write(name, t)
-                    if report:
-                        report(sum(p.numel() * p.element_size() for p in (t if isinstance(t, list) else [t])))
+                _write_pieces(writers[r], tensors, report)
                 # pieces are views of the source tensor: drop every reference before the next read
-                tensors = t = part = None  # noqa: F841
+                del tensors
             inflight.queued(held)
         return {w.path.name: w.close() for w in writers.values()}
     finally:
         for w in writers.values():
             w.abort()
+
+
+def _write_pieces(writer: StreamingSafetensorsWriter, tensors: list[tuple[str, torch.Tensor | list[torch.Tensor]]],
+                  report: Callable[[int], None] | None) -> None:
+    for name, t in tensors:
+        if isinstance(t, list):
+            for i, part in enumerate(t):
+                writer.write_chunk(name, part, last=i == len(t) - 1)
+        else:
+            writer.write(name, t)
+        if report:
+            report(sum(p.numel() * p.element_size() for p in (t if isinstance(t, list) else [t])))
 
 
 ROW_CHUNK_BYTES = 64 * 1024 * 1024
@@ -202,7 +211,7 @@ class InFlight:
         self.bytes += nbytes
 
 
-def streams_by_rows(rule: Rule, src, q: QuantSettings) -> bool:
+def streams_by_rows(rule: Rule, src: SourceWeights, q: QuantSettings) -> bool:
     """Row-contiguous pieces copied as they are (no cast, no quantization): never hold the whole tensor.
 
     The embedding and lm_head of Super-49B are 2.1 GB each; reading them in row chunks keeps the
@@ -217,7 +226,7 @@ def streams_by_rows(rule: Rule, src, q: QuantSettings) -> bool:
         DTYPE_OF_ST.get(info.dtype) == q.torch_dtype
 
 
-def copy_rows(rule: Rule, src, job: Job, writers: dict, report: Callable[[int], None] | None,
+def copy_rows(rule: Rule, src: SourceWeights, job: Job, writers: dict, report: Callable[[int], None] | None,
               inflight: InFlight) -> None:
     from nemo_trt.build.convert.weight_map import Split
 
@@ -247,7 +256,7 @@ def copy_rows(rule: Rule, src, job: Job, writers: dict, report: Callable[[int], 
                 writers[r].write_chunk(rule.name, chunk, last=offset + step >= per_rank)
         if report:
             report(chunk.numel() * chunk.element_size() * len(job.tp_ranks))
-        chunk = None  # noqa: F841
+        del chunk  # drop our reference before the next read: the writers hold what they still need
         inflight.queued(held)
 
 
@@ -286,9 +295,9 @@ def write_rank_files(jobs: list[Job], workers: int, report: Callable[[int], None
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
             futures = [pool.submit(_run_job_in_worker, job, q) for job in jobs]
             while not all(f.done() for f in futures):
-                if q is not None:
+                if q is not None and report is not None:
                     try:
-                        report(q.get(timeout=0.2))  # type: ignore[misc]
+                        report(q.get(timeout=0.2))
                     except queue_mod.Empty:
                         pass
                 else:
@@ -296,8 +305,8 @@ def write_rank_files(jobs: list[Job], workers: int, report: Callable[[int], None
             hashes = {}
             for f in futures:
                 hashes.update(f.result())  # re-raises a worker's NemoTrtError
-            while q is not None and not q.empty():
-                report(q.get())  # type: ignore[misc]
+            while q is not None and report is not None and not q.empty():
+                report(q.get())
             return hashes
 
 

@@ -49,10 +49,10 @@ class RankMapping:
     def pp_layers(self, num_layers: int) -> range:
         return pp_layer_range(num_layers, self.pp_size, self.pp_rank)
 
-    def with_rank(self, rank: int) -> "RankMapping":
+    def with_rank(self, rank: int) -> RankMapping:
         return RankMapping(self.tp_size, self.pp_size, rank)
 
-    def ranks(self) -> list["RankMapping"]:
+    def ranks(self) -> list[RankMapping]:
         return [self.with_rank(r) for r in range(self.world_size)]
 
     def to_config(self) -> dict:

@@ -8,9 +8,9 @@ removes vocabulary padding and dequantizes FP8 weights (`w_fp8 * weights_scaling
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -34,7 +34,8 @@ def spec_from_trtllm_config(cfg: dict, name: str = "converted") -> ModelSpec:
                               FFNKind(c["ffn"]["impl"]), c["ffn"].get("intermediate_size"))
                     for i, c in enumerate(cfg["layer_configs"]))
             else:
-                layers = tuple(_parse_block(i, b, heads, hidden, "config.json") for i, b in enumerate(cfg["block_configs"]))
+                layers = tuple(_parse_block(i, b, heads, hidden, "config.json")
+                               for i, b in enumerate(cfg["block_configs"]))
         elif arch == "LlamaForCausalLM":
             layers = tuple(LayerSpec(i, AttentionKind.ATTENTION, cfg["num_key_value_heads"], FFNKind.MLP,
                                      cfg["intermediate_size"]) for i in range(n))
@@ -42,7 +43,8 @@ def spec_from_trtllm_config(cfg: dict, name: str = "converted") -> ModelSpec:
             raise NemoTrtError(f"converted checkpoint has architecture {arch!r}",
                                "nemo-trt reads DeciLMForCausalLM and LlamaForCausalLM checkpoints")
         if len(layers) != n:
-            raise NemoTrtError(f"config.json lists {len(layers)} layer configs for {n} layers", "reconvert the checkpoint")
+            raise NemoTrtError(f"config.json lists {len(layers)} layer configs for {n} layers",
+                               "reconvert the checkpoint")
         rs = cfg.get("rotary_scaling")
         return ModelSpec(
             name=name, architecture=arch, hidden_size=hidden, num_attention_heads=heads,
@@ -67,7 +69,7 @@ class ConvertedCheckpoint:
     pp: int
 
     @classmethod
-    def open(cls, directory: str | Path) -> "ConvertedCheckpoint":
+    def open(cls, directory: str | Path) -> ConvertedCheckpoint:
         directory = Path(directory)
         path = directory / "config.json"
         if not path.is_file():

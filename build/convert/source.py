@@ -53,7 +53,8 @@ def read_source_quant(directory: Path, spec: ModelSpec) -> SourceQuant:
             method = qc.get("quant_method")
             if method != "modelopt":
                 raise NemoTrtError(f"checkpoint is quantized with {method!r}, which nemo-trt cannot convert",
-                                   "use the BF16 checkpoint (nemo-trt quantizes to FP8 itself) or a ModelOpt FP8 export")
+                                   "use the BF16 checkpoint (nemo-trt quantizes to FP8 itself) "
+                                   "or a ModelOpt FP8 export")
             block, producer = qc, "modelopt"
     if block is None:
         return SourceQuant(None, None, None)
@@ -82,7 +83,8 @@ class SourceWeights:
             self._data_start[shard] = 8 + hlen
             for name, meta in header.items():
                 if name != "__metadata__":
-                    self._offsets[name] = tuple(meta["data_offsets"])  # type: ignore[assignment]
+                    begin, end = meta["data_offsets"]
+                    self._offsets[name] = (begin, end)
         self._check_quantized()
 
     @property
@@ -122,7 +124,8 @@ class SourceWeights:
         try:
             with open(path, "rb", buffering=0) as fh:
                 if os.fstat(fh.fileno()).st_size < start + (end - begin):
-                    raise NemoTrtError(f"{path} ended while reading {name!r}", f"re-download {info.shard}; it is truncated")
+                    raise NemoTrtError(f"{path} ended while reading {name!r}",
+                                       f"re-download {info.shard}; it is truncated")
                 buf = _map(fh, start, end - begin, dtype.itemsize)
                 if buf is None:
                     buf = _read(fh, start, end - begin, path, name, info.shard)
@@ -141,8 +144,13 @@ class SourceWeights:
     def _scalar(self, name: str) -> float | None:
         return float(self.read(name).float().reshape(-1)[0]) if name in self.ckpt.tensors else None
 
-    def weight_scale(self, weight_name: str) -> float | None:
-        return self._scalar(weight_name.rsplit(".", 1)[0] + ".weight_scale")
+    def weight_scale(self, weight_name: str) -> float:
+        """The scale of an FP8 weight (every FP8 weight has one: checked when the checkpoint is opened)."""
+        scale = self._scalar(weight_name.rsplit(".", 1)[0] + ".weight_scale")
+        if scale is None:
+            raise NemoTrtError(f"FP8 tensor {weight_name!r} has no weight_scale",
+                               "re-export the checkpoint with ModelOpt; the scales are missing")
+        return scale
 
     def input_scale(self, weight_name: str) -> float | None:
         return self._scalar(weight_name.rsplit(".", 1)[0] + ".input_scale")
@@ -150,8 +158,8 @@ class SourceWeights:
     def kv_scale(self, layer: int) -> float | None:
         """max(k_scale, v_scale) of a layer (one KV scale per attention in TensorRT-LLM), or None."""
         p = f"model.layers.{layer}.self_attn."
-        found = [self._scalar(n) for n in (p + "k_proj.k_scale", p + "v_proj.v_scale", p + "k_scale", p + "v_scale")]
-        found = [s for s in found if s is not None]
+        scales = [self._scalar(n) for n in (p + "k_proj.k_scale", p + "v_proj.v_scale", p + "k_scale", p + "v_scale")]
+        found = [s for s in scales if s is not None]
         return max(found) if found else None
 
 
@@ -169,7 +177,7 @@ def _map(fh, start: int, length: int, itemsize: int) -> torch.Tensor | None:
 
 def _read(fh, start: int, length: int, path: Path, name: str, shard: str) -> torch.Tensor:
     buf = torch.empty(length, dtype=torch.uint8)
-    view = memoryview(buf.numpy())
+    view = buf.numpy().data
     got = 0
     while got < length:
         n = os.preadv(fh.fileno(), [view[got:]], start + got)

@@ -22,9 +22,9 @@ N is stage-local: N = l - pp_layers[0].
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Sequence
 
 import torch
 
@@ -56,6 +56,20 @@ class Rule:
         """TensorRT-LLM module prefix (where the FP8 scaling factors live)."""
         return self.name.rsplit(".", 1)[0]
 
+    @property
+    def qkv_kv_heads(self) -> int:
+        """KV heads of a fused QKV weight (the only rule that carries them)."""
+        if self.kv_heads is None:
+            raise ValueError(f"{self.name} is not a fused QKV weight: it has no KV head count")
+        return self.kv_heads
+
+    @property
+    def layer_index(self) -> int:
+        """Global layer index of a per-layer weight."""
+        if self.layer is None:
+            raise ValueError(f"{self.name} does not belong to a layer")
+        return self.layer
+
 
 def pad_vocab_size(vocab: int, tp: int) -> int:
     """`tensorrt_llm._utils.pad_vocab_size`: round up to a multiple of tp."""
@@ -83,7 +97,8 @@ def parallelism_problems(spec: ModelSpec, tp: int, pp: int) -> list[str]:
         if kv and (kv % tp if kv >= tp else tp % kv):
             problems.append(f"layer {layer.index}: {kv} KV heads neither divide nor are divided by tp {tp}")
         if layer.intermediate_size and layer.intermediate_size % tp:
-            problems.append(f"layer {layer.index}: intermediate size {layer.intermediate_size} is not divisible by tp {tp}")
+            problems.append(f"layer {layer.index}: intermediate size {layer.intermediate_size} "
+                            f"is not divisible by tp {tp}")
         if (layer.attention is AttentionKind.LINEAR or layer.ffn is FFNKind.LINEAR) and spec.hidden_size % tp:
             problems.append(f"layer {layer.index}: hidden size {spec.hidden_size} is not divisible by tp {tp}")
     return problems
@@ -109,31 +124,36 @@ def rank_rules(spec: ModelSpec, m: RankMapping) -> list[Rule]:
                           Split.REPLICATE, (spec.vocab_size, h)))
     layers = m.pp_layers(spec.num_layers)
     for layer in (spec.layers[i] for i in layers):
-        l, p = layer.index, f"transformer.layers.{layer.index - layers[0]}."
-        src = f"model.layers.{l}."
+        i, p = layer.index, f"transformer.layers.{layer.index - layers[0]}."
+        src = f"model.layers.{i}."
         if layer.has_input_layernorm:
-            rules.append(Rule(p + "input_layernorm.weight", (src + "input_layernorm.weight",), Split.REPLICATE, (h,), layer=l))
+            rules.append(Rule(p + "input_layernorm.weight", (src + "input_layernorm.weight",),
+                              Split.REPLICATE, (h,), layer=i))
         if layer.attention is AttentionKind.ATTENTION:
-            kv = layer.num_kv_heads
+            kv = layer.attention_kv_heads
             width = (heads // tp + 2 * kv_heads_per_rank(kv, tp)) * d
             rules.append(Rule(p + "attention.qkv.weight",
                               tuple(f"{src}self_attn.{x}_proj.weight" for x in "qkv"),
-                              Split.QKV, (width, h), linear=True, kv_heads=kv, layer=l))
+                              Split.QKV, (width, h), linear=True, kv_heads=kv, layer=i))
             rules.append(Rule(p + "attention.dense.weight", (src + "self_attn.o_proj.weight",),
-                              Split.ROW, (h, heads * d // tp), linear=True, layer=l))
+                              Split.ROW, (h, heads * d // tp), linear=True, layer=i))
         elif layer.attention is AttentionKind.LINEAR:
             rules.append(Rule(p + "attention.weight", (src + "self_attn.linear_attn.weight",),
-                              Split.COL, (h // tp, h), layer=l))
+                              Split.COL, (h // tp, h), layer=i))
         if layer.has_post_layernorm:
             rules.append(Rule(p + "post_layernorm.weight", (src + "post_attention_layernorm.weight",),
-                              Split.REPLICATE, (h,), layer=l))
+                              Split.REPLICATE, (h,), layer=i))
         if layer.ffn is FFNKind.MLP:
-            f = layer.intermediate_size // tp  # type: ignore[operator]
-            rules.append(Rule(p + f"{ffn}.fc.weight", (src + "mlp.gate_proj.weight",), Split.COL, (f, h), linear=True, layer=l))
-            rules.append(Rule(p + f"{ffn}.gate.weight", (src + "mlp.up_proj.weight",), Split.COL, (f, h), linear=True, layer=l))
-            rules.append(Rule(p + f"{ffn}.proj.weight", (src + "mlp.down_proj.weight",), Split.ROW, (h, f), linear=True, layer=l))
+            f = layer.mlp_intermediate_size // tp
+            rules.append(Rule(p + f"{ffn}.fc.weight", (src + "mlp.gate_proj.weight",),
+                              Split.COL, (f, h), linear=True, layer=i))
+            rules.append(Rule(p + f"{ffn}.gate.weight", (src + "mlp.up_proj.weight",),
+                              Split.COL, (f, h), linear=True, layer=i))
+            rules.append(Rule(p + f"{ffn}.proj.weight", (src + "mlp.down_proj.weight",),
+                              Split.ROW, (h, f), linear=True, layer=i))
         elif layer.ffn is FFNKind.LINEAR:
-            rules.append(Rule(p + f"{ffn}.weight", (src + "mlp.linear_mlp.weight",), Split.COL, (h // tp, h), layer=l))
+            rules.append(Rule(p + f"{ffn}.weight", (src + "mlp.linear_mlp.weight",),
+                              Split.COL, (h // tp, h), layer=i))
     if m.is_last_pp_rank:
         rules.append(Rule("transformer.ln_f.weight", ("model.norm.weight",), Split.REPLICATE, (h,)))
         head = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
@@ -152,7 +172,8 @@ def dup_kv_heads(t: torch.Tensor, kv_heads: int, tp: int) -> torch.Tensor:
     """`convert_utils.dup_kv_weight`: repeat each head tp/kv times, adjacent copies (h0 h0 h1 h1 ...)."""
     reps = tp // kv_heads
     head = t.shape[0] // kv_heads
-    return t.reshape(kv_heads, 1, head, -1).expand(kv_heads, reps, head, t.shape[-1]).reshape(kv_heads * reps * head, -1)
+    repeated = t.reshape(kv_heads, 1, head, -1).expand(kv_heads, reps, head, t.shape[-1])
+    return repeated.reshape(kv_heads * reps * head, -1)
 
 
 def kv_for_rank(t: torch.Tensor, kv_heads: int, tp: int, tp_rank: int) -> torch.Tensor:
@@ -179,8 +200,8 @@ def pieces_for_rank(rule: Rule, sources: Sequence[torch.Tensor], tp: int, tp_ran
         return [split_rows(sources[0], tp, tp_rank, 1)]
     if rule.split is Split.QKV:
         q, k, v = sources
-        return [split_rows(q, tp, tp_rank), kv_for_rank(k, rule.kv_heads, tp, tp_rank),
-                kv_for_rank(v, rule.kv_heads, tp, tp_rank)]
+        return [split_rows(q, tp, tp_rank), kv_for_rank(k, rule.qkv_kv_heads, tp, tp_rank),
+                kv_for_rank(v, rule.qkv_kv_heads, tp, tp_rank)]
     if rule.split is Split.VOCAB:
         t = sources[0]
         padded = pad_vocab_size(t.shape[0], tp)
@@ -206,7 +227,7 @@ def merge_ranks(rule: Rule, parts: Sequence[torch.Tensor], head_dim: int, num_he
         return [torch.cat(list(parts), 1)]
     if rule.split is Split.VOCAB:
         return [torch.cat(list(parts), 0)[:vocab_size]]
-    kv = rule.kv_heads
+    kv = rule.qkv_kv_heads
     qw, kvw = num_heads // tp * head_dim, kv_heads_per_rank(kv, tp) * head_dim
     q = torch.cat([p[:qw] for p in parts], 0)
     k = torch.cat([p[qw:qw + kvw] for p in parts], 0)

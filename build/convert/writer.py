@@ -22,9 +22,9 @@ import os
 import queue
 import struct
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -51,7 +51,8 @@ class Entry:
 
 def disk_error(path: Path, exc: OSError) -> NemoTrtError:
     if exc.errno == errno.ENOSPC:
-        return NemoTrtError(f"disk full while writing {path}", "free space on the output filesystem or choose another --output")
+        return NemoTrtError(f"disk full while writing {path}",
+                            "free space on the output filesystem or choose another --output")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return NemoTrtError(f"cannot write {path}: {exc.strerror}", "choose an output directory you can write to")
     return NemoTrtError(f"cannot write {path}: {exc.strerror or exc}", "check the output filesystem")
@@ -97,7 +98,8 @@ class StreamingSafetensorsWriter:
         self._write(struct.pack("<Q", len(raw)) + raw)
         if threaded:
             self._queue = queue.Queue()
-            self._thread = threading.Thread(target=self._drain, name=f"write-{self.path.name}", daemon=True)
+            self._thread = threading.Thread(target=self._drain, args=(self._queue,), name=f"write-{self.path.name}",
+                                            daemon=True)
             self._thread.start()
 
     def _write(self, data) -> None:
@@ -144,9 +146,9 @@ class StreamingSafetensorsWriter:
             self._fh.close()
             raise disk_error(self.path, exc) from exc
 
-    def _drain(self) -> None:
+    def _drain(self, jobs: queue.Queue) -> None:
         while True:
-            item = self._queue.get()  # type: ignore[union-attr]
+            item = jobs.get()
             try:
                 if item is None:
                     return
@@ -158,7 +160,7 @@ class StreamingSafetensorsWriter:
                 self._error = exc
             finally:
                 item = None  # release the tensor before blocking on the next one
-                self._queue.task_done()  # type: ignore[union-attr]
+                jobs.task_done()
 
     def mark(self) -> threading.Event:
         """An event set once every tensor queued so far has been written (or failed: see `check`)."""
@@ -205,7 +207,8 @@ class StreamingSafetensorsWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         e = self.entries[self._next]
         if name != e.name or tuple(tensor.shape) != e.shape or tensor.dtype != e.dtype:
-            raise AssertionError(f"writer expected {e.name} {e.dtype}{list(e.shape)}, got {name} {tensor.dtype}{list(tensor.shape)}")
+            raise AssertionError(f"writer expected {e.name} {e.dtype}{list(e.shape)}, "
+                                 f"got {name} {tensor.dtype}{list(tensor.shape)}")
         if e.nbytes:
             if self._queue is not None:
                 if self._error is not None:

@@ -26,6 +26,9 @@ import click
 @click.option("--calib-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where FP8 calibration of a BF16 checkpoint runs, one decoder layer at a time (cuda: one layer "
                    "on the GPU at a time, minutes instead of tens of minutes for Super-49B).")
+@click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, metavar="N",
+              help="GPUs of one node, when the profile's GPUs span several nodes (a100x8 on 4-GPU nodes: TP4 "
+                   "inside a node x PP2 across 2 nodes; `nemo-trt deploy k8s` renders the multi-node layout).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and every stage's exact command; run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout (progress goes to stderr).")
 @click.option("--force", is_flag=True,
@@ -33,7 +36,7 @@ import click
                    "even where the GPUs, TensorRT-LLM version or free disk do not match the plan. Current "
                    "stages are still reused; delete WORKDIR to start over.")
 def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_size, until, workers, calib_device,
-            dry_run, as_json, force):
+            gpus_per_node, dry_run, as_json, force):
     """Build TensorRT-LLM engines and a Triton model repository from an HF checkpoint.
 
     Stages: plan -> [calibrate: FP8 from a BF16 checkpoint, layer by layer]
@@ -56,6 +59,7 @@ def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_
       nemo-trt build --gpu h100x2 --checkpoint /models/super49b --output /deploy/s49 --until convert
       nemo-trt build --gpu a100x4 --checkpoint /models/super49b --output /deploy/a100 --dry-run --json
       nemo-trt build --gpu h100x2 --checkpoint /models/super49b --output /deploy/s49 --calib-device cuda
+      nemo-trt build --gpu a100x8 --gpus-per-node 4 --checkpoint /models/super49b --output /deploy/a100x8-2x4
     """
     from nemo_trt.build.engine import detect_toolchain
     from nemo_trt.build.pipeline import BuildRequest, describe, prepare
@@ -64,7 +68,7 @@ def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_
     request = BuildRequest(gpu=gpu, checkpoint=Path(checkpoint) if Path(checkpoint).exists() else checkpoint,
                            output=output, precision=precision, variant=variant, max_seq_len=max_seq_len,
                            max_batch_size=max_batch_size, until=until, force=force, workers=workers,
-                           calib_device=calib_device)
+                           calib_device=calib_device, gpus_per_node=gpus_per_node)
     toolchain = detect_toolchain()
     prepared = prepare(request, toolchain=toolchain)
     if dry_run:
@@ -120,13 +124,13 @@ def _render_dry_run(prepared, info: dict, console) -> None:
 def _run_with_progress(prepared, toolchain, out) -> dict:
     import time
 
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
     from nemo_trt.build.pipeline import run_build
 
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[stage]:<8}[/] {task.description}"),
                   TimeElapsedColumn(), console=out, transient=False) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
         started: dict[str, float] = {}
 
         def report(stage: str, message: str) -> None:

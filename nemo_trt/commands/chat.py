@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import click
 
 from nemo_trt.console import console, err_console, print_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nemo_trt.serve.client import Protocol
 
 
 @click.command("chat")
@@ -69,7 +73,7 @@ def command(prompt, reasoning, system, raw, url, protocol, no_stream, max_tokens
         stream_to_console(url, request, protocol=protocol, timeout=timeout)
 
 
-def stream_to_console(url, request, *, protocol: str = "grpc", timeout: float = 300.0):
+def stream_to_console(url, request, *, protocol: Protocol = "grpc", timeout: float = 300.0):
     """Stream one request, printing reasoning dimmed and the answer plainly as they arrive; returns the Result."""
     from nemo_trt.serve.client import collect, stream_generate
 

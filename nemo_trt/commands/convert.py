@@ -123,8 +123,9 @@ def _render_dry_run(info: dict, console) -> None:
 
     console.print(f"[bold]convert (dry run; nothing is read or written)[/]: {info['checkpoint']} -> {info['output']}",
                   soft_wrap=True)
+    ranks = len(info["writes"]) - 2  # config.json and manifest.json besides the rank files
     console.print(f"tp {info['tp']} x pp {info['pp']}, {info['precision']} (KV {info['kv_cache_dtype']}, "
-                  f"activations {info['dtype']}): {info['bytes'] / 1e9:.2f} GB in {len(info['writes']) - 2} rank file(s)")
+                  f"activations {info['dtype']}): {info['bytes'] / 1e9:.2f} GB in {ranks} rank file(s)")
     for path in info["writes"]:
         console.print(f"  writes {path}", soft_wrap=True)
     render_calibration(CalibrationPlan.model_validate(info["calibration"]), console)

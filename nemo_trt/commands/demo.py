@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nemo_trt.serve.client import Protocol
 
 DEMO_QUESTIONS = {"on": "What is the capital of France?", "off": "What colour is the sky?"}
 
@@ -18,7 +22,7 @@ DEMO_QUESTIONS = {"on": "What is the capital of France?", "off": "What colour is
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the tiny model.")
 @click.option("--protocol", type=click.Choice(["grpc", "http"]), default="grpc", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary instead of live output.")
-def command(gpu: str, workdir: Path | None, seed: int, protocol: str, as_json: bool):
+def command(gpu: str, workdir: Path | None, seed: int, protocol: Protocol, as_json: bool):
     """Run the whole chain on the tiny model: plan, make, convert, verify, serve, chat.
 
     \b
@@ -80,14 +84,15 @@ def command(gpu: str, workdir: Path | None, seed: int, protocol: str, as_json: b
     t = stage("convert", "3/6 convert to a TensorRT-LLM checkpoint (TP1, BF16) and verify")
     # Keyed by the tiny checkpoint's cache name: a rerun finds its conversion up to date.
     converted = workdir / tiny.name / "checkpoint-tp1-bf16"
-    result = convert_checkpoint(tiny, converted, tp=1, pp=1, precision="bf16", progress=not as_json)
-    out.print(f"{'up to date' if result.up_to_date else 'written'}: {converted}")
+    conversion = convert_checkpoint(tiny, converted, tp=1, pp=1, precision="bf16", progress=not as_json)
+    out.print(f"{'up to date' if conversion.up_to_date else 'written'}: {converted}")
     report = verify_checkpoint(tiny, converted, logits=True)
     if not report.ok:
         raise NemoTrtError("verification of the converted tiny checkpoint failed: " + "; ".join(report.problems),
                            "report this as a bug; run `nemo-trt verify` for the full report")
     out.print(f"verified {report.tensors_checked} tensors; reference logits from both sides agree")
-    done("convert", t, converted=str(converted), up_to_date=result.up_to_date, tensors_checked=report.tensors_checked)
+    done("convert", t, converted=str(converted), up_to_date=conversion.up_to_date,
+         tensors_checked=report.tensors_checked)
 
     t = stage("repository", "4/6 Triton model repository (CPU reference backend)")
     repo = write_repository(workdir / tiny.name / "repository", tokenizer_dir=tiny, reference_dir=converted, force=True)

@@ -83,8 +83,8 @@ def command(model, as_json):
     for col in ("TP", "BF16 bytes", "FP8 bytes", "KV B/token BF16", "KV B/token FP8"):
         bytes_table.add_column(col, justify="right")
     for tp, v in summary.per_tp.items():
-        bytes_table.add_row(str(tp), f"{v['bf16']:,} ({v['bf16'] / 1e9:.1f} GB)", f"{v['fp8']:,} ({v['fp8'] / 1e9:.1f} GB)",
-                            f"{v['kv_bf16']:,}", f"{v['kv_fp8']:,}")
+        bytes_table.add_row(str(tp), f"{v['bf16']:,} ({v['bf16'] / 1e9:.1f} GB)",
+                            f"{v['fp8']:,} ({v['fp8'] / 1e9:.1f} GB)", f"{v['kv_bf16']:,}", f"{v['kv_fp8']:,}")
     console.print(bytes_table)
     console.print("[dim]FP8: q/k/v/o and gate/up/down (and linear-replacement layers) in FP8; embedding, lm_head "
                   "and norms stay BF16.[/]")

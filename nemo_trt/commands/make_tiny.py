@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.progress import Progress, TaskID
 
 
 @click.command("make-tiny")
@@ -71,23 +75,23 @@ class _training_progress:
 
     def __init__(self, console):
         self.console = console
-        self.progress = None
-        self.task = None
+        self.bar: tuple[Progress, TaskID] | None = None  # made on the first report
 
     def __enter__(self):
         def report(step: int, total: int, loss: float) -> None:
-            if self.progress is None:
+            if self.bar is None:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-                self.progress = Progress(TextColumn("training tiny model"), BarColumn(),
-                                         TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
-                                         TimeElapsedColumn(), console=self.console)
-                self.progress.start()
-                self.task = self.progress.add_task("train", total=total, loss=float("nan"))
-            self.progress.update(self.task, completed=step, loss=loss)
+                progress = Progress(TextColumn("training tiny model"), BarColumn(),
+                                    TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
+                                    TimeElapsedColumn(), console=self.console)
+                progress.start()
+                self.bar = (progress, progress.add_task("train", total=total, loss=float("nan")))
+            progress, task = self.bar
+            progress.update(task, completed=step, loss=loss)
 
         return report
 
     def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
+        if self.bar is not None:
+            self.bar[0].stop()

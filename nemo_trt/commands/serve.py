@@ -23,14 +23,17 @@ from nemo_trt.console import console, err_console, print_json
 @click.option("--model-control-mode", type=click.Choice(["none", "poll", "explicit"]), default="none",
               show_default=True, help="tritonserver --model-control-mode.")
 @click.option("--log-file", type=click.Path(dir_okay=False), default=None,
-              help="Where the server log goes [default: a temporary file, printed at start].")
+              help="Where the server log goes; '-' = standard output (containers) [default: a temporary file, "
+                   "printed at start].")
+@click.option("--mpi-hostfile", type=click.Path(exists=True, dir_okay=False), default=None, hidden=True,
+              help="Run the ranks on the hosts of this MPI hostfile (written by `nemo-trt deploy lws-leader`).")
 @click.option("--tritonserver", "tritonserver", type=click.Path(exists=True, dir_okay=False), default=None,
               envvar="TRITONSERVER", help="tritonserver binary [default: $TRITONSERVER, PATH, "
               "/opt/tritonserver/bin, the nvidia-pytriton copy].")
 @click.option("--startup-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               metavar="SECONDS", help="Give up if the server is not ready by then (49B engines load for minutes).")
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON line once ready.")
-def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_control_mode, log_file,
+def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_control_mode, log_file, mpi_hostfile,
             tritonserver, startup_timeout, as_json):
     """Start Triton on a model repository; Ctrl-C stops it cleanly.
 
@@ -50,7 +53,7 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
 
     server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           model_control_mode=model_control_mode, log_verbose=log_verbose, log_file=log_file,
-                          tritonserver=tritonserver, startup_timeout=startup_timeout)
+                          tritonserver=tritonserver, startup_timeout=startup_timeout, mpi_hostfile=mpi_hostfile)
 
     # SIGTERM (docker stop, systemd) stops the server like Ctrl-C does. SIGINT is set
     # explicitly too: a shell starts background jobs with SIGINT ignored.
@@ -66,7 +69,7 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
                 server.start()
         endpoints = {"http": server.http_url, "grpc": server.grpc_url, "metrics": server.metrics_url,
                      "log": str(server.log_file), "startup_seconds": round(server.startup_seconds or 0, 2),
-                     "world_size": server.world_size, "pid": server.process.pid}
+                     "world_size": server.world_size, "pid": server.pid}
         if as_json:
             print_json(endpoints)
         else:
@@ -75,8 +78,8 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
         raise SystemExit(_died(server, code))
     except KeyboardInterrupt:
         err_console.print("stopping tritonserver …")
-        code = server.stop()
-        err_console.print(f"stopped (exit code {code})")
+        stopped = server.stop()
+        err_console.print(f"stopped (exit code {stopped})")
     finally:
         server.stop()
         for sig, handler in previous.items():

@@ -17,8 +17,9 @@ vLLM `nemotron_nas.py`): a no-op sub-block passes the residual stream through.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def llama_config(spec: ModelSpec, *, num_key_value_heads: int | None = None,
                  intermediate_size: int | None = None) -> LlamaConfig:
     """A transformers LlamaConfig carrying the spec's global settings (for the Llama modules)."""
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         vocab_size=spec.vocab_size,
         hidden_size=spec.hidden_size,
         num_attention_heads=spec.num_attention_heads,
@@ -94,7 +95,7 @@ class DeciAttention(nn.Module):
         h, d = spec.hidden_size, spec.head_dim
         self.layer_idx = layer.index
         self.num_heads = spec.num_attention_heads
-        self.num_kv_heads = int(layer.num_kv_heads)  # type: ignore[arg-type]
+        self.num_kv_heads = layer.attention_kv_heads
         self.num_key_value_groups = self.num_heads // self.num_kv_heads
         self.head_dim = d
         self.scaling = d**-0.5
@@ -164,9 +165,12 @@ class DeciDecoderLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        # a layer has its norm exactly when it has the sub-block (LayerSpec.has_*_layernorm)
         if self.self_attn is not None:
+            assert self.input_layernorm is not None
             h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, cache)
         if self.mlp is not None:
+            assert self.post_attention_layernorm is not None
             h = h + self.mlp(self.post_attention_layernorm(h))
         return h
 
@@ -238,7 +242,7 @@ class ReferenceModel(nn.Module):
         spec: ModelSpec,
         tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
         dtype: torch.dtype = torch.float32,
-    ) -> "ReferenceModel":
+    ) -> ReferenceModel:
         """Build from HF-named tensors; every tensor of the spec must be present with its shape."""
         items = tensors.items() if isinstance(tensors, Mapping) else tensors
         expected = spec.hf_tensor_shapes()
@@ -277,7 +281,7 @@ class ReferenceModel(nn.Module):
         return model
 
     @classmethod
-    def from_hf(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "ReferenceModel":
+    def from_hf(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> ReferenceModel:
         """Load an HF DeciLM/Llama safetensors checkpoint (validated lazily by HFCheckpoint)."""
         from nemo_trt.build.hf_checkpoint import HFCheckpoint
 
@@ -286,7 +290,7 @@ class ReferenceModel(nn.Module):
             return cls.from_state_dict(ckpt.spec, ckpt.iter_tensors(), dtype=dtype)
 
     @classmethod
-    def from_converted(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> "ReferenceModel":
+    def from_converted(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> ReferenceModel:
         """Load a converted TensorRT-LLM checkpoint (TP/PP merged, qkv unfused, FP8 dequantized)."""
         try:
             from nemo_trt.build.convert.reader import read_converted_as_hf
@@ -334,8 +338,8 @@ class ReferenceModel(nn.Module):
             raise NemoTrtError("the prompt is empty", "pass at least one token id")
         return self.forward(torch.tensor([ids], dtype=torch.long))[0].float()
 
-    def start_session(self, prompt_ids: Sequence[int], sampling: "SamplingParams | None" = None,
-                      stop_ids: Iterable[int] = (), max_new_tokens: int = 256) -> "Session":
+    def start_session(self, prompt_ids: Sequence[int], sampling: SamplingParams | None = None,
+                      stop_ids: Iterable[int] = (), max_new_tokens: int = 256) -> Session:
         from nemo_trt.reference.sampling import SamplingParams
         from nemo_trt.reference.session import Session
 
@@ -343,7 +347,7 @@ class ReferenceModel(nn.Module):
                        stop_ids, max_new_tokens)
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
-                 sampling: "SamplingParams | None" = None, stop_ids: Iterable[int] = ()) -> list[int]:
+                 sampling: SamplingParams | None = None, stop_ids: Iterable[int] = ()) -> list[int]:
         """Generated ids (the stop token, when one is hit, is the last element — like HF generate)."""
         session = self.start_session(prompt_ids, sampling, stop_ids, max_new_tokens)
         while session.step() is not None:

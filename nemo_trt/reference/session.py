@@ -1,7 +1,8 @@
 """Token-by-token generation with a KV cache: one Session per request."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,7 +24,7 @@ class Session:
     usually several times faster than the default thread count.
     """
 
-    def __init__(self, model: "ReferenceModel", prompt_ids: list[int], sampling: SamplingParams,
+    def __init__(self, model: ReferenceModel, prompt_ids: list[int], sampling: SamplingParams,
                  stop_ids: Iterable[int], max_new_tokens: int):
         if not prompt_ids:
             raise NemoTrtError("the prompt is empty", "pass at least one token id")

@@ -54,7 +54,8 @@ def to_json(report: RegressionReport) -> dict[str, Any]:
         "properties_only": report.properties_only,
         "wall_s": round(report.wall_s, 3),
         "server": report.server.model_dump(exclude={"manifest"}),
-        "golden_server": None if report.golden_server is None else report.golden_server.model_dump(exclude={"manifest"}),
+        "golden_server": (None if report.golden_server is None
+                          else report.golden_server.model_dump(exclude={"manifest"})),
         "compatibility": report.compatibility,
         "latency": None if lat is None else {
             "median_ratios": {k: (None if r is None else round(r, 4)) for k, r in lat.ratios.items()},
@@ -85,7 +86,8 @@ def to_junit(report: RegressionReport) -> str:
         out = [f"mode: {v.mode}"] + [f"note: {n}" for n in v.notes]
         out += [f"{c.name}: {'ok' if c.passed else 'FAIL'} {c.message}" for c in v.checks]
         if v.latency_ratios:
-            out.append("latency ratios: " + ", ".join(f"{_METRIC_LABEL[k]} {r:.2f}x" for k, r in v.latency_ratios.items()))
+            out.append("latency ratios: "
+                       + ", ".join(f"{_METRIC_LABEL[k]} {r:.2f}x" for k, r in v.latency_ratios.items()))
         ET.SubElement(case, "system-out").text = "\n".join(out)
     lat = report.latency
     if lat is not None and lat.tolerance_pct is not None:
@@ -128,7 +130,11 @@ def print_report(report: RegressionReport, console: Console) -> None:
     for v in report.verdicts:
         obs = v.observed
         result = "[green]pass[/]" if v.passed else ("[red]ERROR[/]" if v.error else "[red]FAIL[/]")
-        output = "-" if obs is None else f"{obs.num_output_tokens if obs.num_output_tokens is not None else '?'} {obs.finish_reason}"
+        if obs is None:
+            output = "-"
+        else:
+            tokens = "?" if obs.num_output_tokens is None else obs.num_output_tokens
+            output = f"{tokens} {obs.finish_reason}"
         table.add_row(v.name, result, v.mode, output, *[_ratio(v.latency_ratios.get(m)) for m in LATENCY_METRICS])
     console.print(table)
     for note in report.compatibility:

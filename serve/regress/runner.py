@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nemo_trt.errors import NemoTrtError
-from nemo_trt.serve.client import Delta, GenerateRequest, collect, normalize_url, stream_generate
+from nemo_trt.serve.client import Delta, GenerateRequest, Protocol, collect, normalize_url, stream_generate
 from nemo_trt.serve.regress.golden import CaseRecord, ServerIdentity, Timings
 from nemo_trt.serve.regress.suite import Case, Suite
 
@@ -93,8 +93,9 @@ def identity_from_configs(url: str, protocol: str, model: str, triton_version: s
             else "tensorrtllm"
     engine = _dig(manifest, "engine_id", "engine.sha256", "engine.id", "engine.digest", "weights_sha256",
                   "checkpoint.sha256")
-    if engine is None and isinstance(_dig(manifest, "engine"), dict):
-        engine = _sha(manifest["engine"])
+    engine_block = _dig(manifest, "engine")
+    if engine is None and isinstance(engine_block, dict):
+        engine = _sha(engine_block)
     if engine is None and llm_name:
         # Without a manifest, the LLM model's own configuration (engine/checkpoint paths, settings) is
         # the best the server tells: "config:" marks this weaker identity (a copy elsewhere differs).
@@ -128,7 +129,7 @@ def tokenizer_dir_from_configs(configs: dict[str, dict]) -> str | None:
     return None
 
 
-def read_server(url: str, protocol: str, model: str = "ensemble") -> tuple[ServerIdentity, dict[str, dict]]:
+def read_server(url: str, protocol: Protocol, model: str = "ensemble") -> tuple[ServerIdentity, dict[str, dict]]:
     """Ask Triton for its version, its ready models and their configs."""
     target = normalize_url(url, protocol)
     try:
@@ -185,7 +186,8 @@ class LocalTokenizer:
             else:
                 msgs = [ChatMessage("user", request.prompt or "")]
             return len(self.renderer.render(msgs, request.reasoning).ids)
-        text = request.prompt if request.prompt is not None else "".join(m["content"] for m in request.messages)
+        text = (request.prompt if request.prompt is not None
+                else "".join(m["content"] for m in request.messages or []))
         return len(self.tokenizer.encode(text, add_special_tokens=False).ids) + 32  # template overhead, roughly
 
 
@@ -320,7 +322,7 @@ def _deadline(deltas: Iterator[Delta], seconds: float, start: float, counter: li
             raise CaseTimeout(seconds, counter[0])
 
 
-def run_one(url: str, protocol: str, prepared: PreparedCase, timeout: float) -> CaseRecord:
+def run_one(url: str, protocol: Protocol, prepared: PreparedCase, timeout: float) -> CaseRecord:
     """Stream one request; bounded by `timeout` seconds (per response and in total)."""
     start = time.perf_counter()
     counter = [0]
@@ -355,7 +357,7 @@ class Outcome:
     seconds: float
 
 
-def run_cases(prepared: list[PreparedCase], url: str, protocol: str, *, concurrency: int = 1,
+def run_cases(prepared: list[PreparedCase], url: str, protocol: Protocol, *, concurrency: int = 1,
               timeout: float = 120.0, on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
     """All cases, `concurrency` at a time (exercises in-flight batching); results in suite order."""
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nemo_trt import __version__
 from nemo_trt.errors import NemoTrtError
+from nemo_trt.serve.client import Protocol
 from nemo_trt.serve.regress.compare import (
     CaseVerdict, CheckResult, RegressionReport, compare_case, compatibility_notes, summarize_latency,
 )
@@ -30,7 +31,7 @@ def _tokenizer(explicit: str | Path | None, configs: dict):
     return load_tokenizer(tokenizer_dir_from_configs(configs)) or family_tokenizer()
 
 
-def record(suite: Suite, url: str, protocol: str = "grpc", *, concurrency: int = 1, timeout: float = 120.0,
+def record(suite: Suite, url: str, protocol: Protocol = "grpc", *, concurrency: int = 1, timeout: float = 120.0,
            tokenizer: str | Path | None = None, cases: list[str] | None = None,
            labels: dict[str, str] | None = None, on_done: Progress = None) -> Golden:
     """Run the suite and return the golden (the caller writes it). Any failed case aborts the record."""
@@ -72,7 +73,7 @@ def merge_repeats(case, verdicts: list[CaseVerdict], server) -> CaseVerdict:
     return first
 
 
-def check(suite: Suite, url: str, golden: Golden | None, protocol: str = "grpc", *, concurrency: int = 1,
+def check(suite: Suite, url: str, golden: Golden | None, protocol: Protocol = "grpc", *, concurrency: int = 1,
           timeout: float = 120.0, latency_tolerance: float | None = None, tokenizer: str | Path | None = None,
           cases: list[str] | None = None, repeat: int = 1, on_done: Progress = None) -> RegressionReport:
     """`repeat` sends every case that many times (all in flight together with enough concurrency):
@@ -87,7 +88,7 @@ def check(suite: Suite, url: str, golden: Golden | None, protocol: str = "grpc",
     by_case: dict[str, list[CaseVerdict]] = {}
     for o in outcomes:
         case = o.prepared.case
-        if o.error:
+        if o.record is None:  # the case failed: o.error says why
             v = CaseVerdict(case.name, "properties", error=o.error, seconds=o.seconds)
         else:
             v = compare_case(case, suite.checks(case), o.record, golden, server, decode)
