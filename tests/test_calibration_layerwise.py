@@ -193,7 +193,10 @@ def test_progress_reports_every_layer(convert_source, capsys):
     lw.forward_layerwise(lw.LayerLoader(src, CPU, torch.float32, resident=False), batches,
                          lw.RangeRecorder(src.spec.head_dim, True), lambda i, layer, n: calls.append((i, n)))
     assert calls == [(i, sum(len(t) for t in tokens)) for i in range(src.spec.num_layers)]
-    cal.calibrate(convert_source, list(DEFAULT_PROMPTS[:2]), progress=True, cache=False)  # the rich bar runs
+    lines: list[str] = []
+    cal.calibrate(convert_source, list(DEFAULT_PROMPTS[:2]), progress=True, cache=False, report=lines.append)
+    assert len(lines) == src.spec.num_layers and lines[-1].startswith(f"layer {src.spec.num_layers}/")
+    assert "tok/s per layer" in lines[0] and "attention+mlp" in lines[0]
 
 
 def test_ctrl_c_during_calibration_leaves_nothing(convert_source, tmp_path, own_cache, monkeypatch):

@@ -94,7 +94,8 @@ def convert_checkpoint(checkpoint: str | Path, output: str | Path, *, tp: int, p
             on_stage("calibrate", f"FP8 ranges from {len(prompts)} prompts, {calib_method} on {device}")
         # Refuses (before loading anything) a run that would not fit in memory; cached by source + settings.
         calibration = cal.calibrate(checkpoint, prompts, device=device, calibrator=calibrator, method=calib_method,
-                                    kv=kv_cache_dtype == "fp8", progress=progress)
+                                    kv=kv_cache_dtype == "fp8", progress=progress,
+                                    report=(lambda line: on_stage("calibrate", line)) if on_stage else None)
     q = (QuantSettings(precision, kv_cache_dtype, dtype, calibration.act_amax, calibration.kv_amax)
          if calibration is not None else QuantSettings(precision, kv_cache_dtype, dtype))
 

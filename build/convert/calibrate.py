@@ -89,8 +89,10 @@ def _device_dtype(device: str) -> tuple[torch.device, torch.dtype]:
 
 def calibrate(checkpoint: str | Path, prompts: list[str], *, device: str = "cpu", calibrator: str = "reference",
               kv: bool = True, max_tokens: int = MAX_TOKENS, method: str = "layerwise", progress: bool = False,
-              cache: bool = True, check_memory: bool = True) -> Calibration:
-    """Activation (and KV) ranges of `checkpoint` over `prompts`; see the module docstring."""
+              cache: bool = True, check_memory: bool = True,
+              report: Callable[[str], None] | None = None) -> Calibration:
+    """Activation (and KV) ranges of `checkpoint` over `prompts`; see the module docstring. `progress` shows
+    a rich bar per layer; `report(line)` gets the same news as text (the build's stage display)."""
     from nemo_trt.build import calibration_plan as cp
     from nemo_trt.build.convert.source import SourceWeights
 
@@ -123,7 +125,7 @@ def calibrate(checkpoint: str | Path, prompts: list[str], *, device: str = "cpu"
             forward_whole(whole_model(src, dev, dtype), batches, recorder)
         else:
             loader = LayerLoader(src, dev, dtype, resident=dev.type == "cuda")
-            with _layer_progress(progress, spec.num_layers, ident["tokens"], str(dev)) as on_layer:
+            with _LayerProgress(progress, report, spec.num_layers, ident["tokens"], str(dev)) as on_layer:
                 forward_layerwise(loader, batches, recorder, on_layer)
         act, kvs = recorder.act_amax, recorder.kv_amax
         batches_run = len(batches)
@@ -137,35 +139,38 @@ def calibrate(checkpoint: str | Path, prompts: list[str], *, device: str = "cpu"
 
 
 # ---- progress ----------------------------------------------------------------------------------
-class _layer_progress:
-    """A rich bar over the decoder layers: layer i/N, its kind, tokens/s through each layer."""
+class _LayerProgress:
+    """Per decoder layer: a rich bar (layer i/N, its kind, tokens/s through a layer) and/or a one-line
+    report for a caller's own progress display (the build's stage spinner)."""
 
-    def __init__(self, show: bool, layers: int, tokens: int, device: str):
-        self.show, self.layers, self.tokens, self.device = show, layers, tokens, device
+    def __init__(self, show: bool, report: Callable[[str], None] | None, layers: int, tokens: int, device: str):
+        self.show, self.report, self.layers, self.tokens, self.device = show, report, layers, tokens, device
 
     def __enter__(self) -> Callable | None:
-        if not self.show:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from nemo_trt.console import err_console
-
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err_console,
-                            transient=True)
-        self.bar.__enter__()
-        self.task = self.bar.add_task(f"calibrating {self.tokens:,} tokens on {self.device}", total=self.layers,
-                                      rate="")
         self.start = self.last = time.perf_counter()
-        return self.on_layer
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            from nemo_trt.console import err_console
+
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err_console,
+                                transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task(f"calibrating {self.tokens:,} tokens on {self.device}",
+                                          total=self.layers, rate="")
+        return self.on_layer if self.show or self.report else None
 
     def on_layer(self, index: int, layer, tokens: int) -> None:
         now = time.perf_counter()
         rate = tokens * (index + 1) / max(now - self.start, 1e-9)
-        kind = f"{layer.attention.value}+{layer.ffn.value}"
-        self.bar.update(self.task, advance=1, rate=f"{rate:,.0f} tok/s per layer (layer {index}: {kind}, "
-                                                   f"{now - self.last:.1f}s)")
+        what = (f"{rate:,.0f} tok/s per layer (layer {index}: {layer.attention.value}+{layer.ffn.value}, "
+                f"{now - self.last:.1f}s)")
         self.last = now
+        if self.show:
+            self.bar.update(self.task, advance=1, rate=what)
+        if self.report:
+            self.report(f"layer {index + 1}/{self.layers} on {self.device}, {what}")
 
     def __exit__(self, *exc) -> None:
         if self.show:
