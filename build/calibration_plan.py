@@ -46,7 +46,7 @@ CUDA_CONTEXT_BYTES = 1024 * MiB  # device side: context + cuBLAS workspaces
 MARGIN = 1.15                    # allocator slack on the activations
 
 # Rates for the time estimate (assumptions, printed with every estimate).
-CPU_GFLOPS_PER_CORE = 30.0       # float32 GEMMs incl. the per-layer overheads (bench/results/calibrate.md)
+CPU_GFLOPS_PER_CORE = 30.0       # float32 incl. per-layer overheads: between loaded (17) and quiet GEMMs (55-95)
 DISK_GB_PER_S = 1.0              # reading the checkpoint once (cold cache; NVMe is 2-3x faster)
 H2D_GB_PER_S = 10.0              # pageable host -> GPU copies
 GPU_EFFICIENCY = 0.3             # of dense BF16 peak, for micro-batches of ~1-2k tokens
@@ -199,8 +199,8 @@ def estimate_route(spec: ModelSpec, lengths: Sequence[int], route: str, device: 
 
 
 def assumptions() -> list[str]:
-    return [f"CPU: {CPU_GFLOPS_PER_CORE:.0f} GFLOP/s float32 per core (measured on the 2-core dev machine, "
-            "bench/results/calibrate.md), all cores used",
+    return [f"CPU: {CPU_GFLOPS_PER_CORE:.0f} GFLOP/s float32 per core, all cores used (bench/results/calibrate.md: "
+            "17 per core measured on a shared 2-core machine under load, 55-95 for bare GEMMs when quiet)",
             f"GPU: {GPU_EFFICIENCY:.0%} of the dense BF16 peak "
             f"({', '.join(f'{k} {v:.0f}' for k, v in GPU_BF16_TFLOPS.items())} TFLOP/s), "
             f"weights copied to the GPU at {H2D_GB_PER_S:.0f} GB/s",
