@@ -581,7 +581,8 @@ def run_build(p: Prepared, *, toolchain: Toolchain, report: Reporter | None = No
 
 def _engine_detail(em: EngineManifest, path: Path) -> dict:
     return {"path": str(path), "trtllm_version": em.trtllm_version, "build_seconds": em.build_seconds,
-            "engines": [e.name for e in em.engines]}
+            "engines": [e.name for e in em.engines], "engine_settings": em.engine_settings,
+            "unpredicted_overrides": em.unpredicted_overrides}
 
 
 def _summary(p: Prepared, results: list[StageResult], toolchain: Toolchain) -> dict:

@@ -68,6 +68,14 @@ def render_plan(plan: Plan, console: Console, *, show_reasons: bool = True) -> N
         row = [key, str(getattr(plan.build, key))] + ([plan.build.reasons.get(key, "")] if show_reasons else [])
         settings.add_row(*row)
     console.print(settings)
+    if plan.builder_overrides or plan.engine_implied:
+        console.print(f"[bold]TensorRT-LLM builder[/] ({plan.architecture or 'architecture unknown'}): the settings "
+                      "above are what the engine will have")
+        for o in plan.builder_overrides:
+            console.print(f"  {o['setting']}: {o['requested']} -> [bold]{o['effective']}[/] "
+                          f"[dim]({o['rule']}: \"{o['log']}\")[/]", soft_wrap=True)
+        for key, value in plan.engine_implied.items():
+            console.print(f"  [dim]{key}: {value} (no flag; builder default)[/]", soft_wrap=True)
     console.print(f"[dim]{plan.activation_formula}[/]")
     if plan.calibration is not None:
         render_calibration(plan.calibration, console)
