@@ -6,6 +6,7 @@
 # The tag is kept in configs/trtllm/0.20.0.yaml; tests/test_build_dockerfile.py fails if they differ.
 # TensorRT engines only load in the TensorRT-LLM/TensorRT that built them: `nemo-trt build` and
 # `nemo-trt serve` must run in this same image (engine_manifest.json records the version; serve checks it).
+# Acceptance on a GPU machine: docker run --gpus all --rm nemo-trt selftest --gpu (README "Build on GPUs").
 FROM nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3
 
 # sshd: the worker pods of a multi-node Kubernetes group (`nemo-trt deploy k8s`, LeaderWorkerSet) run it as the
@@ -21,7 +22,7 @@ COPY . /tmp/nemo-trt
 # constraint so pip only adds what is missing and never swaps the container's CUDA builds for PyPI ones.
 # PIP_BREAK_SYSTEM_PACKAGES: the image's Python is the system one (Ubuntu 24.04, PEP 668).
 RUN python3 -m pip list --format=freeze > /tmp/container-constraints.txt \
- && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -c /tmp/container-constraints.txt /tmp/nemo-trt \
+ && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -c /tmp/container-constraints.txt "/tmp/nemo-trt[selftest]" \
  && rm -rf /tmp/nemo-trt /tmp/container-constraints.txt \
  && nemo-trt --version
 

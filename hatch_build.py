@@ -11,6 +11,8 @@ MAPPING = {
     "serve": "nemo_trt/serve",
     "configs": "nemo_trt/_data/configs",
     "model_repository": "nemo_trt/_data/model_repository",
+    # the tiny model's CPU-reference golden: `nemo-trt selftest --gpu` compares the GPU engines with it
+    "tests/golden/regress_tiny.json": "nemo_trt/_data/golden/regress_tiny.json",
 }
 
 

@@ -33,12 +33,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nemo_trt.build.builder_rules import check_settings, inputs_from_plan
 from nemo_trt.build.engine_manifest import (
+    ENGINE_BUILD_FIELDS,
+    ENGINE_PLUGIN_FLAGS,
     EngineFile,
     EngineManifest,
+    engine_settings,
     rank_engine_files,
     runtime_tensorrt_version,
     runtime_trtllm_version,
+    unpredicted,
     write_engine_manifest,
 )
 from nemo_trt.build.trtllm_target import TrtllmTarget, load_target
@@ -83,9 +88,9 @@ def trtllm_build_command(plan: Any, checkpoint_dir: str | Path, output_dir: str 
                            "use --precision fp8 (FP8 KV cache) or disable use_fp8_context_fmha")
     if str(b.gemm_plugin) == "fp8" and precision != "fp8":
         raise NemoTrtError("--gemm_plugin fp8 needs an FP8 checkpoint", "use gemm_plugin auto for BF16")
-    if b.reduce_fusion and tp == 1:
-        raise NemoTrtError("reduce_fusion fuses the tensor-parallel all-reduce; there is none at TP1",
-                           "disable reduce_fusion for single-rank TP layouts")
+    # What we emit must be what the engine gets: refuse anything TensorRT-LLM's builder would silently
+    # change (reduce_fusion for DeciLM, FP8 context FMHA preconditions, max_num_tokens clipping, ...).
+    check_settings(inputs_from_plan(plan), target.version)
     if int(b.max_beam_width) != 1:
         # the Triton config nemo-trt writes serves sampling/greedy only (decoding_mode top_k_top_p)
         raise NemoTrtError(f"max_beam_width {b.max_beam_width} is not supported", "use max_beam_width 1")
@@ -238,6 +243,15 @@ def run_trtllm_build(plan: Any, checkpoint_dir: Path, engines_dir: Path, *, tool
                 f"trtllm-build wrote engines for TensorRT-LLM {built_version}, but the installed package is "
                 f"{toolchain.trtllm_version}", "make sure trtllm-build comes from the installed TensorRT-LLM",
                 exit_code=1)
+        built_config = json.loads((tmp / "config.json").read_text())
+        settings = engine_settings(built_config)
+        planned = {k: getattr(plan.build, k) for k in (*ENGINE_BUILD_FIELDS, *ENGINE_PLUGIN_FLAGS)
+                   if hasattr(plan.build, k)}
+        planned.update(context_fmha=True, remove_input_padding=True)  # always emitted as enable
+        surprises = unpredicted(planned, settings)
+        if surprises and on_line:
+            on_line("warning: the engine differs from the plan where no known builder rule says so: "
+                    + ", ".join(f"{k} planned {v['planned']}, engine {v['engine']}" for k, v in surprises.items()))
         manifest = EngineManifest(
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             trtllm_version=trtllm_version, tensorrt_version=toolchain.tensorrt_version,
@@ -247,6 +261,8 @@ def run_trtllm_build(plan: Any, checkpoint_dir: Path, engines_dir: Path, *, tool
             build_command=recorded, build_seconds=round(seconds, 3),
             source_fingerprint=source_fingerprint, checkpoint_fingerprint=checkpoint_fingerprint,
             plan=plan_dict or {}, engines=engines, config_sha256=sha256_file(tmp / "config.json"),
+            engine_settings=settings, builder_overrides=list(getattr(plan, "builder_overrides", []) or []),
+            unpredicted_overrides=surprises,
         )
         write_engine_manifest(tmp, manifest)
     return manifest

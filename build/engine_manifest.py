@@ -52,6 +52,32 @@ class EngineManifest(BaseModel):
     plan: dict[str, Any] = Field(default_factory=dict)
     engines: list[EngineFile] = Field(default_factory=list)
     config_sha256: str | None = None
+    # What the engine really has, read back from the config.json trtllm-build wrote (not what was asked):
+    engine_settings: dict[str, Any] = Field(default_factory=dict)
+    # builder rules the plan applied (configs/trtllm builder_rules): requested -> effective
+    builder_overrides: list[dict[str, Any]] = Field(default_factory=list)
+    # settings the engine has other than planned although no known builder rule says so (should stay empty)
+    unpredicted_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+# build_config fields and plugin_config flags nemo-trt sets, as config.json names them
+ENGINE_BUILD_FIELDS = ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "max_beam_width")
+ENGINE_PLUGIN_FLAGS = ("use_paged_context_fmha", "use_fp8_context_fmha", "reduce_fusion", "multiple_profiles",
+                       "tokens_per_block", "context_fmha", "remove_input_padding")
+
+
+def engine_settings(engine_config: dict) -> dict[str, Any]:
+    """The settings nemo-trt plans, as the engine's config.json records them (BuildConfig.to_dict)."""
+    build = engine_config.get("build_config", {})
+    plugin = build.get("plugin_config", {})
+    out = {k: build[k] for k in ENGINE_BUILD_FIELDS if k in build}
+    out.update({k: plugin[k] for k in ENGINE_PLUGIN_FLAGS if k in plugin})
+    return out
+
+
+def unpredicted(planned: dict[str, Any], engine: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Planned settings the engine does not have: {name: {"planned": .., "engine": ..}}."""
+    return {k: {"planned": v, "engine": engine[k]} for k, v in planned.items() if k in engine and engine[k] != v}
 
 
 

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from nemo_trt.build import accounting
+from nemo_trt.build.builder_rules import apply_builder_rules, implied_settings, inputs_for
+from nemo_trt.build.calibration_plan import CalibrationPlan
 from nemo_trt.build.profiles import VARIANTS, GpuProfile, list_profiles
 from nemo_trt.build.spec import FFNKind, ModelSpec
 from nemo_trt.errors import NemoTrtError
@@ -109,9 +111,15 @@ class Plan(BaseModel):
     concurrent_sequences: int = 0  # min(kv_limited_sequences, max_batch_size)
     total_weight_bytes: int = 0  # sum over ranks (replicated embedding counted per rank)
     activation_formula: str = ""
+    architecture: str = ""  # the checkpoint's, which TensorRT-LLM's builder rules look at
+    # builder rules that changed a requested setting (configs/trtllm builder_rules): `build` holds the result
+    builder_overrides: list[dict] = Field(default_factory=list)
+    engine_implied: dict[str, str] = Field(default_factory=dict)  # what the engine gets that no flag sets
     # set by nemo_trt.build.layout when the caller gives the GPUs of one node
     nodes: int = 1  # nodes one engine's ranks span
     gpus_per_node: int | None = None  # trtllm-build --gpus_per_node when nodes > 1
+    # FP8 calibration stage (build/calibration_plan.py), set by callers that know the checkpoint
+    calibration: CalibrationPlan | None = None
 
     @property
     def max_rank_weight_bytes(self) -> int:
@@ -268,13 +276,15 @@ def make_plan(spec: ModelSpec, profile: GpuProfile, *, precision: str | None = N
             "enable chunked context or raise --max-num-tokens",
         )
 
-    # ---- consistency of plugin choices after overrides ----
-    if tp_size == 1 and s["reduce_fusion"]:
-        s["reduce_fusion"] = False
-        reasons["reduce_fusion"] = "there is no all-reduce to fuse at TP1"
-    if precision != "fp8" and s["use_fp8_context_fmha"]:
-        s["use_fp8_context_fmha"] = False
-        reasons["use_fp8_context_fmha"] = "FP8 context FMHA needs an FP8 model and KV cache"
+    # ---- what TensorRT-LLM's builder will really do with these settings (configs/trtllm builder_rules) ----
+    kv_dtype = "fp8" if precision == "fp8" else "bf16"
+    _, overrides = apply_builder_rules(inputs_for(spec.architecture, tp=tp_size, precision=precision,
+                                                  kv_cache_dtype=kv_dtype,
+                                                  compute_capability=gpu.compute_capability, settings=s))
+    for o in overrides:
+        asked = reasons.get(o.setting)
+        s[o.setting] = o.effective
+        reasons[o.setting] = o.explain() + (f"; the profile asked for {o.requested}: {asked}" if asked else "")
     if s["use_fp8_context_fmha"] and not s["use_paged_context_fmha"]:
         raise NemoTrtError("profile enables use_fp8_context_fmha without use_paged_context_fmha",
                            "enable use_paged_context_fmha in the profile")
@@ -282,7 +292,6 @@ def make_plan(spec: ModelSpec, profile: GpuProfile, *, precision: str | None = N
         raise NemoTrtError("KV-cache reuse and chunked context need an engine built with use_paged_context_fmha",
                            "enable use_paged_context_fmha in the profile")
 
-    kv_dtype = "fp8" if precision == "fp8" else "bf16"
     reasons.setdefault("precision", f"the profile's recommended precision ({profile.reasons['recommended_precision']})"
                        if precision == profile.recommended_precision else "set by --precision")
     reasons["kv_cache_dtype"] = ("FP8 KV cache (quantize.py --kv_cache_dtype fp8, the nemotron_nas README recipe) "
@@ -384,5 +393,7 @@ def make_plan(spec: ModelSpec, profile: GpuProfile, *, precision: str | None = N
         build=build, ranks=ranks, input_len=input_len, output_len=output_len, warnings=warnings,
         reasons=plan_reasons, kv_tokens=engine_tokens, kv_limited_sequences=kv_limited,
         concurrent_sequences=concurrent, total_weight_bytes=sum(r.weight_bytes for r in ranks),
-        activation_formula=ACTIVATION_FORMULA,
+        activation_formula=ACTIVATION_FORMULA, architecture=spec.architecture,
+        builder_overrides=[o.to_dict() for o in overrides],
+        engine_implied=implied_settings(precision=precision, world_size=world, gemm_plugin=str(s["gemm_plugin"])),
     )

@@ -446,10 +446,15 @@ def cache_key(seed: int, recipe: TrainingRecipe = TrainingRecipe()) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def tiny_checkpoint_path(seed: int = 0) -> Path:
+    """Where `tiny_checkpoint(seed)` keeps the trained checkpoint (whether or not it is made yet)."""
+    return cache_root() / "tiny" / f"{TINY_NAME}-seed{seed}-{cache_key(seed)}"
+
+
 def tiny_checkpoint(seed: int = 0, *, progress: Callable[[int, int, float], None] | None = None) -> Path:
     """The trained tiny checkpoint for `seed`, from the cache (built once, safely under concurrency)."""
-    root = cache_root() / "tiny"
-    target = root / f"{TINY_NAME}-seed{seed}-{cache_key(seed)}"
+    target = tiny_checkpoint_path(seed)
+    root = target.parent
     if _complete(target):
         return target
     try:

@@ -136,11 +136,25 @@ def _parse(data: dict, path: Path) -> TrtllmTarget:
                            "restore it from the nemo-trt sources") from exc
 
 
-@cache
-def load_target(version: str = TARGET_VERSION) -> TrtllmTarget:
+def target_path(version: str = TARGET_VERSION) -> Path:
     path = configs_dir() / "trtllm" / f"{version}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (configs_dir() / "trtllm").glob("*.yaml"))
         raise NemoTrtError(f"no TensorRT-LLM target file for version {version}",
                            f"use one of {known}")
-    return _parse(yaml.safe_load(path.read_text()), path)
+    return path
+
+
+@cache
+def load_target_data(version: str = TARGET_VERSION) -> dict:
+    """The raw target file: other modules type their own sections (backend contract, builder rules)."""
+    path = target_path(version)
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise NemoTrtError(f"{path} is not a valid TensorRT-LLM target file", "restore it from the nemo-trt sources")
+    return data
+
+
+@cache
+def load_target(version: str = TARGET_VERSION) -> TrtllmTarget:
+    return _parse(load_target_data(version), target_path(version))

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "regress": ("nemo_trt.commands.regress", "Record and check golden outputs against a running server."),
     "deploy": ("nemo_trt.commands.deploy", "Render Kubernetes manifests for a built WORKDIR (replicas, autoscaling, "
                "multi-node)."),
+    "selftest": ("nemo_trt.commands.selftest", "GPU acceptance: real trtllm-build + backend vs the CPU golden."),
 }
 
 

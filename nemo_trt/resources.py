@@ -30,3 +30,12 @@ def models_dir() -> Path:
 
 def gpus_dir() -> Path:
     return configs_dir() / "gpus"
+
+
+def selftest_golden() -> Path | None:
+    """The tiny model's CPU-reference golden (tests/golden/regress_tiny.json; mapped into wheels)."""
+    for candidate in (_PKG / "_data" / "golden" / "regress_tiny.json",
+                      _PKG.parent / "tests" / "golden" / "regress_tiny.json"):
+        if candidate.is_file():
+            return candidate
+    return None

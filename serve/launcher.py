@@ -7,7 +7,8 @@ What the bundled server needs on a CPU-only machine (cpu-triton.md §3-§5 and a
   build a private backends directory in a cache folder (never write into site-packages);
 - the venv's `bin/` first on PATH (the stub takes its interpreter from PATH);
 - LD_LIBRARY_PATH = this interpreter's LIBDIR (its libpython, not the system one), then the
-  wheel's `nvidia_pytriton.libs`;
+  wheel's `nvidia_pytriton.libs` -- for that server only: the NGC container's tritonserver gets
+  the environment unchanged (its library search order puts CUDA forward-compat libs first);
 - numpy < 2 in this environment (numpy 2 corrupts tensors in the stub).
 
 Multi-rank TensorRT-LLM engines run one tritonserver per rank under mpirun (leader mode),
@@ -143,8 +144,17 @@ def check_libpython() -> Path:
 
 def server_env(install: TritonInstall, base: Mapping[str, str] | None = None,
                python_executable: str | None = None, libdir: str | None = None) -> dict[str, str]:
-    """Environment for tritonserver: venv bin first on PATH; LIBDIR then the wheel's libs first."""
+    """Environment for tritonserver.
+
+    The nvidia-pytriton copy (CPU reference backend) needs this venv's bin/ first on PATH and this
+    interpreter's LIBDIR, then the wheel's bundled libraries, first on LD_LIBRARY_PATH. Any other
+    tritonserver -- the NGC container's -- gets the environment untouched: there LIBDIR is the system
+    libdir, and putting it first would shadow what the image puts ahead of it (CUDA forward-
+    compatibility libraries), so library search order stays exactly the container's.
+    """
     env = dict(os.environ if base is None else base)
+    if not install.bundled:
+        return env
     bin_dir = str(Path(python_executable or sys.executable).parent)
     path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
     env["PATH"] = os.pathsep.join([bin_dir, *path])
@@ -152,7 +162,7 @@ def server_env(install: TritonInstall, base: Mapping[str, str] | None = None,
     front = [d for d in (libdir, str(install.libs_dir) if install.libs_dir else None) if d]
     rest = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p not in front]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(front + rest)
-    env.pop("PYTHONPATH", None)  # ignored by the stub anyway; avoid surprises in mpirun ranks
+    env.pop("PYTHONPATH", None)  # ignored by the stub anyway; avoid surprises
     return env
 
 

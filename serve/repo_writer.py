@@ -379,6 +379,7 @@ def write_repository(
         "preprocessing_instance_count": instances,
     }
 
+    engine_config: dict | None = None
     if engine_dir is not None:
         engine_dir = Path(engine_dir).absolute()
         engine_config, engine_manifest = _engine_info(engine_dir)
@@ -448,9 +449,11 @@ def write_repository(
             "cuda_graph_mode": False,
             "cuda_graph_cache_size": None,
             "speculative_decoding_fast_logits": None,
-            "tensorrt_llm_tokenizer_dir": None,
-            "guided_decoding_backend": None,
-            "xgrammar_tokenizer_info_path": None,
+            # Mandatory reads in getGuidedDecodingConfigFromParams (no fallback: an absent key fails
+            # the load); "" is the backend's "unset", so guided decoding stays off.
+            "tensorrt_llm_tokenizer_dir": "",
+            "guided_decoding_backend": "",
+            "xgrammar_tokenizer_info_path": "",
         })
         llm_template = templates / "tensorrt_llm"
     else:
@@ -512,6 +515,7 @@ def write_repository(
             if configs[name].name and configs[name].name != name:
                 raise NemoTrtError(f"{where} names the model {configs[name].name!r}", "this is a nemo-trt bug")
             (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
+        _check_backend_contract(configs["tensorrt_llm"], manifest["backend"], engine_config)
         check_ensemble(configs)
         if identity_from_model_config(configs["ensemble"]) != identity:
             raise NemoTrtError("ensemble/config.pbtxt does not carry the repository identity intact",
@@ -521,6 +525,17 @@ def write_repository(
         manifest["models"] = sorted(configs)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return output
+
+
+def _check_backend_contract(config: Any, backend: str, engine_config: dict | None) -> None:
+    """The written `tensorrt_llm` config against the TensorRT-LLM backend's contract (configs/trtllm/)."""
+    from nemo_trt.serve.backend_contract import validate_reference_config, validate_tensorrt_llm_config
+
+    if backend == "tensorrtllm":
+        logits = (engine_config or {}).get("pretrained_config", {}).get("logits_dtype")
+        validate_tensorrt_llm_config(config, engine_logits_dtype=logits)
+    else:
+        validate_reference_config(config)
 
 
 def read_repository_manifest(repository: str | Path) -> dict:

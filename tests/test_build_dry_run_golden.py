@@ -34,6 +34,12 @@ def normalize(data: dict) -> dict:
     build = {k: v for k, v in plan["build"].items() if k != "reasons"}
     data["plan"] = {k: plan[k] for k in ("tp", "pp", "world_size", "precision", "kv_cache_dtype", "variant")}
     data["plan"]["build"] = build
+    # what TensorRT-LLM's builder changes of what the profile asked for (build above is the result)
+    data["plan"]["builder_overrides"] = [{k: o[k] for k in ("rule", "setting", "requested", "effective")}
+                                         for o in plan["builder_overrides"]]
+    for stage in data["stages"]:  # calibration estimates are calibration_plan's (tests/test_calibration_plan.py)
+        for key in ("estimates", "tokens", "tokenization"):
+            stage.pop(key, None)
     text = json.dumps(data, indent=2, sort_keys=True)
     text = text.replace(str(resolve_model(DEFAULT_MODEL)), "$CHECKPOINT")
     return json.loads(text)
@@ -82,3 +88,25 @@ def test_dry_run_until_convert_has_no_engine_stage(capsys):
         # convert + verify need no GPU; at most the disk (the 49B checkpoint is ~100 GB) can refuse here
         assert info["real_build_here"] == "ok" or "GB free" in info["real_build_here"]
         assert "TensorRT-LLM" not in info["real_build_here"]
+
+
+def test_goldens_claim_nothing_the_builder_drops():
+    """Every golden's trtllm-build command states what TensorRT-LLM 0.20's builder will build."""
+    from nemo_trt.build.builder_rules import apply_builder_rules, inputs_for
+
+    for path in sorted(GOLDEN.glob("*.json")):
+        data = json.loads(path.read_text())
+        plan = data["plan"]
+        (engine,) = [s for s in data["stages"] if s["stage"] == "engine"]
+        argv = engine["command"]
+        flags = dict(zip(argv[1::2], argv[2::2]))
+        # DeciLMForCausalLM: builder.py overrides reduce_fusion to False ("Overriding reduce_fusion to False")
+        assert flags["--reduce_fusion"] == "disable", path.name
+        _, overrides = apply_builder_rules(inputs_for(
+            "DeciLMForCausalLM", tp=plan["tp"], precision=plan["precision"], kv_cache_dtype=plan["kv_cache_dtype"],
+            compute_capability=data["gpu"]["compute_capability"], settings=plan["build"]))
+        assert overrides == [], (path.name, overrides)
+        for key in ("use_paged_context_fmha", "use_fp8_context_fmha", "reduce_fusion", "multiple_profiles"):
+            assert flags[f"--{key}"] == ("enable" if plan["build"][key] else "disable"), (path.name, key)
+        for key in ("max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens", "tokens_per_block"):
+            assert int(flags[f"--{key}"]) == plan["build"][key], (path.name, key)

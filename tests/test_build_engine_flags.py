@@ -77,8 +77,7 @@ def test_every_plan_gives_a_valid_command(spec):
             assert flags["use_fp8_context_fmha"] == "disable"
             assert flags["gemm_plugin"] in ("auto", "bfloat16")
         assert flags["reduce_fusion"] == ("enable" if b.reduce_fusion else "disable")
-        if plan.tp == 1:
-            assert flags["reduce_fusion"] == "disable"
+        assert flags["reduce_fusion"] == "disable"  # DeciLMForCausalLM: the 0.20 builder would drop it
         assert "opt_num_tokens" not in flags  # trtllm-build rejects it with --multiple_profiles enable
     assert seen_flags <= set(target.flags)
 
@@ -116,7 +115,10 @@ def test_inconsistent_settings_are_refused(spec):
         (with_build(bf16, use_fp8_context_fmha=True), "FP8 context"),
         (with_build(bf16, gemm_plugin="fp8"), "gemm_plugin fp8"),
         (fp8.model_copy(update={"kv_cache_dtype": "bf16"}), "FP8 context"),
-        (bf16.model_copy(update={"tp": 1, "world_size": 1}), "reduce_fusion"),
+        (with_build(bf16, reduce_fusion=True), "reduce_fusion from True to False"),  # DeciLM: builder drops it
+        (with_build(bf16, reduce_fusion=True).model_copy(update={"tp": 1, "world_size": 1}), "no all-reduce"),
+        (with_build(fp8, use_fp8_context_fmha=False), "FP8 Context FMHA is enabled to support FP8 Paged"),
+        (with_build(bf16, max_num_tokens=10 ** 8), "max_num_tokens from 100000000 to"),
         (bf16.model_copy(update={"world_size": 4}), "world size"),
         (with_build(bf16, max_input_len=40000), "max_input_len"),
         (bf16.model_copy(update={"build": bf16.build.model_copy(

@@ -123,6 +123,12 @@ def test_gpu_box_build_reuses_conversion_then_caches_engines(cpu_box_work, hf, t
     assert [(e.name, e.sha256) for e in em.engines] == [
         (f"rank{r}.engine", sha256_file(work / "engines" / f"rank{r}.engine")) for r in range(2)]
     assert em.plan["build"]["max_batch_size"] == 256
+    # the manifest never claims what the builder drops: h100x2 asks for reduce_fusion, DeciLM cannot have it
+    # (the stand-in applies builder.py's override on its own); the engine's config.json agrees with the plan
+    assert em.plan["build"]["reduce_fusion"] is False and em.engine_settings["reduce_fusion"] is False
+    assert [o["setting"] for o in em.builder_overrides] == ["reduce_fusion"]
+    assert em.unpredicted_overrides == {}
+    assert em.build_command[em.build_command.index("--reduce_fusion") + 1] == "disable"
     assert check_runtime_compat(work / "engines", runtime_version="0.20.0") == "0.20.0"
     # the repository serves these engines with the plan's runtime settings
     pbtxt = (work / "repository" / "tensorrt_llm" / "config.pbtxt").read_text()
@@ -249,6 +255,20 @@ def test_real_engine_build_on_this_gpu_machine(hf, tmp_path):
     assert em.trtllm_version == tc.trtllm_version
     assert check_runtime_compat(work / "engines") == tc.trtllm_version
     assert os.path.getsize(work / "engines" / "rank0.engine") > 1_000_000
+
+
+def test_an_override_no_rule_predicts_is_recorded_and_reported(cpu_box_work, hf, tmp_path, recorded, monkeypatch):
+    monkeypatch.setenv("FAKE_TRTLLM_BUILD_OVERRIDE", "multiple_profiles=false")
+    work = copy_work(cpu_box_work, tmp_path / "work")
+    tc = toolchain()
+    lines: list[str] = []
+    run_build(prepare(request(hf, work), toolchain=tc), toolchain=tc, on_build_line=lines.append)
+    em = read_engine_manifest(work / "engines")
+    assert em.engine_settings["multiple_profiles"] is False  # the truth, from the engine's config.json
+    assert em.unpredicted_overrides == {"multiple_profiles": {"planned": True, "engine": False}}
+    assert any("no known builder rule" in line and "multiple_profiles" in line for line in lines)
+    build = json.loads((work / "build_manifest.json").read_text())["stages"]["engine"]
+    assert build["unpredicted_overrides"] == {"multiple_profiles": {"planned": True, "engine": False}}
 
 
 def test_another_layout_in_the_same_workdir_is_refused_without_force(cpu_box_work, hf, tmp_path):

@@ -68,6 +68,10 @@ def test_wheel_layout(wheel):
         "nemo_trt/_data/configs/gpus/h100x2.yaml", "nemo_trt/_data/configs/gpus/a100x8.yaml",
         "nemo_trt/_data/configs/models/llama-3.3-nemotron-super-49b-v1/config.json",
         "nemo_trt/_data/configs/models/llama-3.3-nemotron-super-49b-v1/serving.yaml",
+        "nemo_trt/_data/configs/trtllm/0.20.0.yaml",
+        "nemo_trt/_data/golden/regress_tiny.json",  # `nemo-trt selftest --gpu` in the NGC image
+        "nemo_trt/selftest.py", "nemo_trt/commands/selftest.py", "nemo_trt/serve/backend_contract.py",
+        "nemo_trt/build/builder_rules.py",
     ]
     missing = [m for m in must if m not in names]
     assert not missing, missing

@@ -27,7 +27,11 @@ FILLED = {"gpt_model_type", "gpt_model_path", "max_beam_width", "FORCE_CPU_ONLY_
           "max_tokens_in_paged_kv_cache", "batch_scheduler_policy", "kv_cache_free_gpu_mem_fraction",
           "exclude_input_in_output", "cancellation_check_period_ms", "stats_check_period_ms",
           "enable_kv_cache_reuse", "normalize_log_probs", "enable_chunked_context", "decoding_mode",
-          "executor_worker_path", "enable_context_fmha_fp32_acc", "multi_block_mode", "cuda_graph_mode"}
+          "executor_worker_path", "enable_context_fmha_fp32_acc", "multi_block_mode", "cuda_graph_mode",
+          "tokenizer_dir", "guided_decoding_backend", "xgrammar_tokenizer_info_path"}
+# Read by the backend outside any try/catch (model_instance_state.cc getBatchingTypeFromParams,
+# getGuidedDecodingConfigFromParams): absent, the model fails to load on every rank.
+MANDATORY = {"gpt_model_type", "tokenizer_dir", "xgrammar_tokenizer_info_path", "guided_decoding_backend"}
 ALL_44 = FILLED | {"encoder_model_path", "max_attention_window_size", "sink_token_length", "cross_kv_cache_fraction",
                    "kv_cache_host_memory_bytes", "kv_cache_onboard_blocks", "iter_stats_max_iterations",
                    "request_stats_max_iterations", "gpu_device_ids", "participant_ids", "num_nodes",
@@ -176,6 +180,8 @@ def test_tensorrtllm_backend_from_plan(tmp_path, plan):
     assert params["batch_scheduler_policy"] == b.batch_scheduler_policy
     assert int(params["max_tokens_in_paged_kv_cache"]) == plan.kv_tokens
     assert params["executor_worker_path"].endswith("trtllmExecutorWorker")
+    # guided decoding off: "" is the backend's "unset" for all three
+    assert params["tokenizer_dir"] == params["guided_decoding_backend"] == params["xgrammar_tokenizer_info_path"] == ""
     pre = _params(configs["preprocessing"])
     assert (int(pre["max_input_len"]), int(pre["max_seq_len"])) == (b.max_input_len, b.max_seq_len)
     assert int(pre["default_max_tokens"]) == min(4096, b.max_seq_len)
@@ -184,6 +190,16 @@ def test_tensorrtllm_backend_from_plan(tmp_path, plan):
     assert manifest["backend"] == "tensorrtllm" and manifest["tp"] == plan.tp
     assert manifest["models"] == sorted(MODELS)
     assert manifest["runtime_settings"]["source"] == "plan" and manifest["engine"] is None
+
+
+def test_every_mandatory_backend_parameter_is_written(tmp_path, plan):
+    """Issue 10 defect 1: the 25.06 backend throws "Cannot find parameter with name: tokenizer_dir" (and
+    xgrammar_tokenizer_info_path, guided_decoding_backend) at model load when a key is absent."""
+    engine = _engine_dir(tmp_path, plan)
+    for name, kwargs in (("from-plan", {"plan": plan}), ("from-engine", {})):
+        repo = write_repository(tmp_path / name, tokenizer_dir=TOKENIZER_DIR, engine_dir=engine, **kwargs)
+        params = _params(_configs(repo)["tensorrt_llm"])
+        assert MANDATORY <= set(params), f"missing mandatory backend parameters: {sorted(MANDATORY - set(params))}"
 
 
 def test_tensorrtllm_settings_follow_engine_or_its_manifest(tmp_path, plan):

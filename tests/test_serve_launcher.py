@@ -67,9 +67,20 @@ def test_server_env_orders_path_and_library_path(tmp_path):
     assert env["PATH"] == "/venv/bin:/usr/bin:/bin"
     assert env["LD_LIBRARY_PATH"] == f"/pylib:{libs}:/x"
     assert "PYTHONPATH" not in env
-    system = ln.server_env(ln.TritonInstall(Path(BINARY), bundled=False), {"PATH": "/bin"},
-                           python_executable="/venv/bin/python", libdir="/pylib")
-    assert system["LD_LIBRARY_PATH"] == "/pylib"
+
+
+def test_server_env_leaves_the_container_environment_alone():
+    """In the NGC image LIBDIR is /usr/lib/x86_64-linux-gnu: first on LD_LIBRARY_PATH it would shadow the
+    CUDA forward-compatibility libraries the image puts ahead of the driver's; nothing is added there."""
+    base = {"PATH": "/usr/local/bin:/opt/tritonserver/bin:/usr/bin",
+            "LD_LIBRARY_PATH": "/usr/local/cuda/compat/lib.real:/usr/local/cuda/lib64:/opt/tritonserver/lib",
+            "PYTHONPATH": "/opt/tritonserver/python"}
+    system = ln.server_env(ln.TritonInstall(Path(BINARY), bundled=False), base,
+                           python_executable="/venv/bin/python", libdir="/usr/lib/x86_64-linux-gnu")
+    assert system == base
+    empty = ln.server_env(ln.TritonInstall(Path(BINARY), bundled=False), {"PATH": "/bin"},
+                          python_executable="/venv/bin/python", libdir="/pylib")
+    assert empty == {"PATH": "/bin"}  # no LD_LIBRARY_PATH invented either
 
 
 def _fake_binary(directory: Path) -> Path:
@@ -228,7 +239,8 @@ def test_trtllm_multi_rank_prepare_uses_mpirun(tmp_path, monkeypatch):
     command, env = ln.TritonServer(repo, tritonserver=binary).prepare()
     assert command[:2] == ["mpirun", "--allow-run-as-root"] and command.count(":") == 1
     assert command.count(str(binary.resolve())) == 2
-    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    # the container's tritonserver runs in the container's environment, unchanged
+    assert env["PATH"] == os.environ["PATH"] and env.get("LD_LIBRARY_PATH") == os.environ.get("LD_LIBRARY_PATH")
 
 
 def test_real_server_start_stop_and_free_ports(tmp_path):

@@ -8,7 +8,7 @@ as upstream writes them; `layer_configs` holds the real per-layer values.
 """
 from __future__ import annotations
 
-from nemo_trt.build.convert.mapping import RankMapping
+from nemo_trt.build.convert.mapping import RankMapping, pp_layer_range
 from nemo_trt.build.convert.weight_map import rank_rules
 from nemo_trt.build.spec import AttentionKind, FFNKind, ModelSpec
 
@@ -16,18 +16,34 @@ DTYPE_NAMES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
                "float32": "float32", "fp32": "float32"}
 
 
-def quantization_block(spec: ModelSpec, precision: str, kv_cache_dtype: str) -> dict:
-    exclude = None
-    if precision == "fp8":
-        # lm_head stays BF16 as in ModelOpt exports ("Disable lm_head quantization for TRT-LLM
-        # export"); linear attention/FFN replacements are kept BF16 too (named explicitly).
-        exclude = ["lm_head"]
-        ffn = "ffn" if spec.is_deci else "mlp"
-        for layer in spec.layers:
+def excluded_modules(spec: ModelSpec, pp: int) -> list[str]:
+    """Modules an FP8 checkpoint keeps in BF16, named the way TensorRT-LLM matches them.
+
+    quantize_layers() (tensorrt_llm/quantization/quantize.py) tests every module of the model it
+    builds on a rank with fnmatchcase(name, pattern) and turns the ColumnLinear/RowLinear ones no
+    pattern matches into FP8Linear/FP8RowLinear. Under pipeline parallelism that model holds one
+    stage, whose layers are numbered from 0 (DeciLMDecoderLayerList over mapping.pp_layers(), a
+    ModuleList: `transformer.layers.<stage-local index>`). One config.json serves every stage, so
+    the list is the union of each stage's local names. On a stage where a listed index is a normal
+    layer the name matches its Attention/GatedMLP container, which quantize_layers never replaces
+    and whose qkv/dense/fc/gate/proj children it does not match: the union excludes exactly the
+    linear-attention/linear-FFN replacements (LinearAttention/LinearFFN, ColumnLinear subclasses)
+    of every stage, and lm_head (ModelOpt exports keep it BF16).
+    """
+    ffn = "ffn" if spec.is_deci else "mlp"
+    names: set[tuple[int, str]] = set()
+    for stage in range(pp):
+        for local, index in enumerate(pp_layer_range(spec.num_layers, pp, stage)):
+            layer = spec.layers[index]
             if layer.attention is AttentionKind.LINEAR:
-                exclude.append(f"transformer.layers.{layer.index}.attention")
+                names.add((local, "attention"))
             if layer.ffn is FFNKind.LINEAR:
-                exclude.append(f"transformer.layers.{layer.index}.{ffn}")
+                names.add((local, ffn))
+    return ["lm_head"] + [f"transformer.layers.{local}.{module}" for local, module in sorted(names)]
+
+
+def quantization_block(spec: ModelSpec, precision: str, kv_cache_dtype: str, pp: int = 1) -> dict:
+    exclude = excluded_modules(spec, pp) if precision == "fp8" else None
     return {
         "quant_algo": "FP8" if precision == "fp8" else None,
         "kv_cache_quant_algo": "FP8" if kv_cache_dtype == "fp8" else None,
@@ -66,7 +82,7 @@ def make_config(spec: ModelSpec, tp: int, pp: int, *, precision: str = "bf16",
         "share_embedding_table": False,
         "tie_word_embeddings": spec.tie_word_embeddings,
         "mapping": RankMapping(tp, pp).to_config(),
-        "quantization": quantization_block(spec, precision, kv_cache_dtype),
+        "quantization": quantization_block(spec, precision, kv_cache_dtype, pp),
     }
     if spec.is_deci:
         cfg["num_key_value_heads"] = spec.num_attention_heads  # placeholder (HF value is null)
@@ -93,4 +109,4 @@ def expected_tensor_count(spec: ModelSpec, tp: int, pp: int, rank: int) -> int:
     return len(rank_rules(spec, RankMapping(tp, pp, rank)))
 
 
-__all__ = ["make_config", "quantization_block", "rank_file", "expected_tensor_count"]
+__all__ = ["make_config", "quantization_block", "excluded_modules", "rank_file", "expected_tensor_count"]
