@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def tick(now: float) -> None:
                 minute = int((now - start) // 60)
-                if minute >= len(minutes) and minute >= 1:
+                if minute > len(minutes):  # once per completed minute
                     minutes.append({"minute": minute, "rss_kb": {pid: rss_kb(pid) for pid in pids},
                                     "load_average": os.getloadavg()[0]})
                     print(f"minute {minute}: RSS {minutes[-1]['rss_kb']} kB, load {minutes[-1]['load_average']:.1f}",
