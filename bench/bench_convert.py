@@ -77,6 +77,15 @@ def write_source(path: Path, repeats: int) -> int:
     return sum(p.stat().st_size for p in path.iterdir())
 
 
+def write_source_timed(path: Path, repeats: int) -> int:
+    """write_source, saying how big and how long (bench_calibrate.py uses it too)."""
+    t = time.perf_counter()
+    size = write_source(path, repeats)
+    print(f"synthetic source ({repeats * len(PATTERN)} layers): {size / 1e9:.2f} GB in {time.perf_counter() - t:.0f}s",
+          flush=True)
+    return size
+
+
 def syncfs(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -169,9 +178,7 @@ def main() -> int:
                                  "note": "2 shared CPU cores; other engineers' jobs add noise"}}
     try:
         src = root / "src"
-        t = time.perf_counter()
-        size = write_source(src, 1)
-        print(f"synthetic source: {size / 1e9:.2f} GB in {time.perf_counter() - t:.0f}s", flush=True)
+        size = write_source_timed(src, 1)
         warm(src)
         # interleaved: cp, (bf16, cp) x repeats, fp8, cp -- every conversion sits between two copies
         cps = [time_cp(src, root / "cp")]

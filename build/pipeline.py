@@ -40,7 +40,8 @@ from nemo_trt.build.trtllm_target import load_target
 from nemo_trt.errors import NemoTrtError
 
 UNTIL_CHOICES: tuple[str, ...] = ("convert", "engine", "repo")
-STAGES: tuple[str, ...] = ("plan", "convert", "verify", "engine", "repo")
+# "calibrate" runs only for FP8 from a BF16 checkpoint (inside the converter, before any rank file).
+STAGES: tuple[str, ...] = ("plan", "calibrate", "convert", "verify", "engine", "repo")
 BUILD_MANIFEST = "build_manifest.json"
 GPU_MEMORY_TOLERANCE = 0.02
 DISK_HEADROOM = 1.05  # safetensors headers, engine metadata, timing cache
@@ -58,6 +59,7 @@ class BuildRequest:
     until: str = "repo"
     force: bool = False
     workers: int | None = None
+    calib_device: str = "cpu"  # where FP8 calibration runs (layer by layer): cpu | cuda
     gpus_per_node: int | None = None  # split the layout over nodes of this size (nemo_trt.build.layout)
 
 
@@ -134,12 +136,12 @@ def checkpoint_fingerprints(ckpt_dir: Path) -> tuple[str | None, str | None]:
 
 
 def _convert(hf_dir: Path, out_dir: Path, *, tp: int, pp: int, precision: str, kv_cache_dtype: str,
-             force: bool) -> ConvertResult:
+             force: bool, calib_device: str = "cpu", on_stage: Reporter | None = None) -> ConvertResult:
     from nemo_trt.build.convert import ConversionResult, convert_checkpoint
 
     def convert(replace: bool) -> ConversionResult:
         return convert_checkpoint(hf_dir, out_dir, tp=tp, pp=pp, precision=precision, kv_cache_dtype=kv_cache_dtype,
-                                  progress=False, force=replace)
+                                  progress=False, force=replace, device=calib_device, on_stage=on_stage)
 
     try:
         result = convert(replace=False)
@@ -192,11 +194,13 @@ class Prepared:
     @property
     def stages(self) -> list[str]:
         last = {"convert": "verify", "engine": "engine", "repo": "repo"}[self.request.until]
-        return list(STAGES[: STAGES.index(last) + 1])
+        calibrates = self.plan.calibration is not None and self.plan.calibration.needed
+        return [s for s in STAGES[: STAGES.index(last) + 1] if s != "calibrate" or calibrates]
 
 
 def prepare(request: BuildRequest, *, toolchain: Toolchain | None = None) -> Prepared:
     """Resolve the profile and make the plan. Pure apart from reading the HF config (and GPUs for --gpu auto)."""
+    from nemo_trt.build.calibration_plan import plan_calibration
     from nemo_trt.build.gpu_detect import match_profile
     from nemo_trt.build.layout import make_node_plan
     from nemo_trt.build.profiles import load_profile
@@ -218,6 +222,9 @@ def prepare(request: BuildRequest, *, toolchain: Toolchain | None = None) -> Pre
     plan = make_node_plan(spec, profile, precision=request.precision, variant=request.variant,
                           max_seq_len=request.max_seq_len, max_batch_size=request.max_batch_size,
                           gpus_per_node=request.gpus_per_node)
+    plan.calibration = plan_calibration(spec, hf_dir, precision=plan.precision, kv_cache_dtype=plan.kv_cache_dtype,
+                                        gpus=[profile.gpu.family], gpu_memory_bytes=profile.gpu.memory_bytes,
+                                        device=request.calib_device)
     return Prepared(request=request, workdir=Workdir(Path(request.output).absolute()), hf_dir=hf_dir,
                     spec=spec, profile=profile, plan=plan)
 
@@ -233,9 +240,22 @@ def convert_call(p: Prepared) -> dict:
             + [str(p.workdir.checkpoint / f"rank{r}.safetensors") for r in range(p.plan.world_size)]}
 
 
+def calibrate_stage(p: Prepared) -> dict:
+    """The calibration the convert stage runs first: its call, prompts/tokens and estimates per route."""
+    cal = p.plan.calibration
+    return {"stage": "calibrate", "call": "nemo_trt.build.convert.calibrate.calibrate",
+            "args": {"hf_dir": str(p.hf_dir), "prompts": cal.prompt_source, "device": p.request.calib_device,
+                     "method": "layerwise"},
+            "prompts": cal.prompts, "tokens": cal.tokens, "tokenization": cal.tokenization,
+            "estimates": [r.model_dump() for r in cal.routes],
+            "writes": ["$NEMO_TRT_CACHE/calibration/<key>.json (activation and KV ranges, reused by reruns)"]}
+
+
 def describe(p: Prepared, *, toolchain: Toolchain | None = None) -> dict:
     """What a real build would do: the plan, each stage's exact command/call and outputs."""
     stages: list[dict] = [{"stage": "plan", "writes": [str(p.workdir.plan)]}]
+    if "calibrate" in p.stages:
+        stages.append(calibrate_stage(p))
     stages.append({"stage": "convert", **convert_call(p)})
     stages.append({"stage": "verify", "call": "nemo_trt.build.verify.verify_checkpoint",
                    "args": {"hf_dir": str(p.hf_dir), "checkpoint_dir": str(p.workdir.checkpoint)}})
@@ -323,6 +343,23 @@ def preflight(p: Prepared, toolchain: Toolchain) -> None:
                 )
         check_gpus(p, toolchain)
     check_disk(p)
+    check_calibration_memory(p)
+
+
+def check_calibration_memory(p: Prepared) -> None:
+    """FP8 calibration that would not fit in this machine's memory is refused before any stage runs."""
+    from nemo_trt.build import calibration_plan as cp
+
+    cal = p.plan.calibration
+    if cal is None or not cal.needed or _checkpoint_done(p) or not any(p.hf_dir.glob("*.safetensors")):
+        return
+    if p.request.calib_device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise NemoTrtError("--calib-device cuda was given but no CUDA device is available here",
+                               "use --calib-device cpu (layer by layer, bounded memory)")
+    cp.require_fits(cp.chosen(cal), alternatives=cal.routes)
 
 
 def check_gpus(p: Prepared, toolchain: Toolchain) -> None:
@@ -471,10 +508,19 @@ def run_build(p: Prepared, *, toolchain: Toolchain, report: Reporter | None = No
 
     # convert (the converter's manifest makes a rerun with the same inputs a no-op)
     t0 = time.monotonic()
-    say("convert", f"{p.hf_dir} -> {wd.checkpoint} (tp{p.plan.tp} pp{p.plan.pp} {p.plan.precision})")
+    if "calibrate" not in p.stages:  # otherwise the converter says when calibration, then writing, starts
+        say("convert", f"{p.hf_dir} -> {wd.checkpoint} (tp{p.plan.tp} pp{p.plan.pp} {p.plan.precision})")
     conv = _convert(p.hf_dir, wd.checkpoint, tp=p.plan.tp, pp=p.plan.pp, precision=p.plan.precision,
-                    kv_cache_dtype=p.plan.kv_cache_dtype, force=p.request.force)
-    record(StageResult("convert", "cached" if conv.reused else "done", time.monotonic() - t0,
+                    kv_cache_dtype=p.plan.kv_cache_dtype, force=p.request.force, calib_device=p.request.calib_device,
+                    on_stage=say)
+    calib_s = 0.0
+    if "calibrate" in p.stages:
+        cal = dict(conv.detail.get("calibration") or {})
+        stats = cal.get("stats") or {}
+        status = "cached" if conv.reused or stats.get("cached") else "done"
+        calib_s = float(stats.get("seconds", 0.0)) if status == "done" else 0.0
+        record(StageResult("calibrate", status, calib_s, cal))
+    record(StageResult("convert", "cached" if conv.reused else "done", time.monotonic() - t0 - calib_s,
                        {"path": str(wd.checkpoint), "fingerprint": conv.fingerprint,
                         "source_fingerprint": conv.source_fingerprint, **conv.detail}))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from nemo_trt.build.calibration_plan import CalibrationPlan, duration
 from nemo_trt.build.planner import BuildSettings, Plan
 
 
@@ -76,8 +77,33 @@ def render_plan(plan: Plan, console: Console, *, show_reasons: bool = True) -> N
         for key, value in plan.engine_implied.items():
             console.print(f"  [dim]{key}: {value} (no flag; builder default)[/]", soft_wrap=True)
     console.print(f"[dim]{plan.activation_formula}[/]")
+    if plan.calibration is not None:
+        render_calibration(plan.calibration, console)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+def render_calibration(cal: CalibrationPlan, console: Console) -> None:
+    """The FP8 calibration stage: prompts/tokens, memory and time per route and device."""
+    if not cal.needed:
+        console.print(f"calibration: none ({cal.why})")
+        return
+    console.print(f"[bold]FP8 calibration[/]: {cal.why}; {cal.prompts} prompts ({cal.prompt_source}), "
+                  f"{cal.tokens:,} tokens (longest {cal.longest_prompt}; {cal.tokenization}); "
+                  f"runs [bold]{cal.route} on {cal.device}[/]")
+    table = Table(title="Calibration routes (estimates)", title_justify="left")
+    for col in ("route", "device", "micro-batches", "RAM GB", "GPU GB", "TFLOP", "time"):
+        table.add_column(col, justify="left" if col in ("route", "device", "time") else "right")
+    for r in cal.routes:
+        times = ", ".join(f"{duration(v)} ({k})" for k, v in r.seconds.items())
+        table.add_row(r.route, f"{r.device} ({r.dtype})", str(r.micro_batches), f"{r.host_bytes / 1e9:.1f}",
+                      f"{r.device_bytes / 1e9:.1f}" if r.device == "cuda" else "-", f"{r.tflop:,.1f}", times)
+    console.print(table)
+    for r in cal.routes:
+        if r.note:
+            console.print(f"  {r.route} on {r.device}: {r.note}")
+    for line in cal.assumptions:
+        console.print(f"[dim]assumes {line}[/]")
 
 
 def render_capacity(cap, console: Console) -> None:

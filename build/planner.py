@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from nemo_trt.build import accounting
 from nemo_trt.build.builder_rules import apply_builder_rules, implied_settings, inputs_for
+from nemo_trt.build.calibration_plan import CalibrationPlan
 from nemo_trt.build.profiles import VARIANTS, GpuProfile, list_profiles
 from nemo_trt.build.spec import FFNKind, ModelSpec
 from nemo_trt.errors import NemoTrtError
@@ -117,6 +118,8 @@ class Plan(BaseModel):
     # set by nemo_trt.build.layout when the caller gives the GPUs of one node
     nodes: int = 1  # nodes one engine's ranks span
     gpus_per_node: int | None = None  # trtllm-build --gpus_per_node when nodes > 1
+    # FP8 calibration stage (build/calibration_plan.py), set by callers that know the checkpoint
+    calibration: CalibrationPlan | None = None
 
     @property
     def max_rank_weight_bytes(self) -> int:

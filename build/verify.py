@@ -199,7 +199,7 @@ def _source_model(src, precision: str):
 
 
 def compare_logits(src, converted: Path, precision: str, prompts: int = 4) -> dict:
-    from nemo_trt.build.convert.calibrate import DEFAULT_PROMPTS, tokenize_prompts
+    from nemo_trt.build.convert.prompts import DEFAULT_PROMPTS, tokenize_prompts
     from nemo_trt.reference import ReferenceModel
 
     a, b = _source_model(src, precision), ReferenceModel.from_converted(converted)

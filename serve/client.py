@@ -8,6 +8,11 @@ so unary gRPC `ModelInfer` is rejected (UNIMPLEMENTED) and HTTP `/generate` answ
 A non-streamed generation is therefore a stream request with `stream=false`, which the
 server answers with a single response.
 
+The prompt length (`return_num_input_tokens`) is not part of the ensemble's stream: the
+ensemble is preprocessing -> tensorrt_llm -> postprocessing, and a Triton ensemble may not
+mix outputs of a step before the decoupled `tensorrt_llm` with those after it. It is asked
+from the `preprocessing` model itself (one unary call, the same rendering the ensemble uses).
+
 Response semantics (the contract of the nemo-trt ensemble):
 - `text_output`, `reasoning_output`, `answer_output` of a streamed response are *deltas*;
   concatenated they equal the non-streamed texts.
@@ -105,9 +110,13 @@ class GenerateRequest(BaseModel):
             add("stop_words", [w.encode() for w in self.stop_words], object, "BYTES")
         if self.bad_words:
             add("bad_words", [w.encode() for w in self.bad_words], object, "BYTES")
-        if self.return_num_input_tokens:
-            add("return_num_input_tokens", [True], bool, "BOOL")
         return out
+
+    def preprocessing_tensors(self) -> dict[str, tuple[np.ndarray, str]]:
+        """The `preprocessing` model's inputs for this request (to ask it for the prompt length)."""
+        names = {"text_input": "QUERY", "messages": "MESSAGES", "reasoning": "REASONING",
+                 "max_tokens": "REQUEST_OUTPUT_LEN"}
+        return {names[k]: v for k, v in self.tensors(False).items() if k in names}
 
     def generate_body(self, stream: bool) -> dict[str, Any]:
         """JSON body for HTTP `/generate[_stream]`: top-level keys map onto model inputs."""
@@ -349,6 +358,56 @@ def _http_stream(url: str | None, request: GenerateRequest, stream: bool, timeou
             yield _delta_from(event, time.perf_counter() - start)
 
 
+# --------------------------------------------------------------------------- prompt length
+
+
+PREPROCESSING_MODEL = "preprocessing"
+
+
+def prompt_tokens(url: str | None, request: GenerateRequest, protocol: Protocol = "grpc",
+                  timeout: float = 60.0) -> int:
+    """The prompt length the server's preprocessing renders for `request` (chat template included)."""
+    if protocol == "grpc":
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        url = normalize_url(url, "grpc")
+        client = _grpc_client(url)
+        try:
+            inputs = []
+            for name, (value, triton_type) in request.preprocessing_tensors().items():
+                tensor = grpcclient.InferInput(name, [1, *value.shape], triton_type)
+                tensor.set_data_from_numpy(value.reshape(1, *value.shape))
+                inputs.append(tensor)
+            try:
+                result = client.infer(PREPROCESSING_MODEL, inputs, client_timeout=timeout)
+            except InferenceServerException as exc:
+                raise _classify_error(client, url, PREPROCESSING_MODEL, exc) from None
+            return int(result.as_numpy("REQUEST_INPUT_LEN").reshape(-1)[0])
+        finally:
+            client.close()
+    import urllib.error
+    import urllib.request
+
+    url = normalize_url(url, "http")
+    body = {"inputs": [{"name": name, "shape": [1, *value.shape], "datatype": triton_type,
+                        "data": [v.decode() if isinstance(v, bytes) else v.item() for v in value]}
+                       for name, (value, triton_type) in request.preprocessing_tensors().items()],
+            "outputs": [{"name": "REQUEST_INPUT_LEN"}]}
+    http_request = urllib.request.Request(f"{url}/v2/models/{PREPROCESSING_MODEL}/infer",
+                                          data=json.dumps(body).encode(),
+                                          headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(http_request, timeout=timeout) as response:
+            outputs = json.loads(response.read())["outputs"]
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise GenerateError(f"the server rejected the request (HTTP {exc.code}): {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _http_check(url, PREPROCESSING_MODEL, exc) from None
+    return int(outputs[0]["data"][0])
+
+
 # --------------------------------------------------------------------------- API
 
 
@@ -418,7 +477,10 @@ def generate(
         deltas = _http_stream(url, request, stream, timeout)
     else:
         raise NemoTrtError(f"unknown protocol {protocol!r}", "use grpc or http")
-    return collect(deltas, request, start)
+    result = collect(deltas, request, start)
+    if request.return_num_input_tokens and result.num_input_tokens is None:
+        result.num_input_tokens = prompt_tokens(url, request, protocol, timeout)
+    return result
 
 
 def wait_until_ready(url: str | None, protocol: Protocol = "grpc", model: str = DEFAULT_MODEL_NAME,

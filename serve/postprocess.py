@@ -1,21 +1,33 @@
 """Token ids of one generation in, text out: incremental detokenization + reasoning split.
 
-One `TextStream` per request. In streaming, each response of the decoupled
+One `TextStream` per generation. In streaming, each response of the decoupled
 `tensorrt_llm` step carries only the new token(s); correct deltas (spaces, multi-byte
-characters, a `</think>` split over tokens) need state that lives for the whole
-request. Triton ensembles cannot give a post-processing step that identity: a step
-may not mix tensors from a decoupled model with tensors from before it ("receives
-inputs originated from different decoupled models", checked at load), so a request
-key from preprocessing cannot reach it, and client request ids need not be unique.
-The `generate` model therefore drives `tensorrt_llm` itself (BLS) and keeps one
-TextStream per request in a local variable: state and request cannot be mismatched.
+characters, a `</think>` split over tokens) need state that lives for the whole stream.
 
-`decode_sequences` is the stateless counterpart behind the stock-contract
-`postprocessing` model (whole sequences in, whole texts out), for clients and BLS
-pipelines written against stock TensorRT-LLM repositories.
+The ensemble is the stock TensorRT-LLM layout (preprocessing -> tensorrt_llm ->
+postprocessing), so the `postprocessing` step sees one request per token response,
+batched across streams. Triton gives that step no identity of its own (its request id,
+correlation id and parameters are the client's, which need not be unique, and an
+ensemble step behind a decoupled model may only read tensors that model produced), so
+the stream is identified by what the backend itself returns: `arrival_time_ns`, the
+executor's per-request arrival time, which preprocessing makes every request return
+(`return_perf_metrics`), together with the request id. `StreamTable` keeps one
+TextStream per such key.
+
+Nothing marks the last response of a stream on that path (the backend's final flag does
+not reach the next ensemble step), so text is never held back for an end that cannot
+be seen: a trailing incomplete character or a `<think>`/`</think>` fragment cut by the
+length limit is left out, streamed and non-streamed alike (`TextStream.feed`; the two
+always agree). Streams leave the table least-recently-used first once it holds
+`capacity` of them.
+
+`decode_sequences` is the stateless counterpart for whole sequences (the stock
+`postprocessing` contract, for clients and BLS pipelines that call it directly).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,6 +74,40 @@ class TextStream:
                          first.token_ids, self.num_tokens)
 
 
+DEFAULT_STREAM_CAPACITY = 4096
+
+
+class StreamTable:
+    """TextStreams by stream key, at most `capacity` of them (least recently fed leave first).
+
+    A stream is only dropped while still running if `capacity` other streams were fed
+    after its last token; keep `capacity` well above the number of concurrent streams
+    (the engine's max batch size) and the requests that can start during one decode step.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, capacity: int = DEFAULT_STREAM_CAPACITY):
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self._tokenizer = tokenizer
+        self._capacity = capacity
+        self._streams: OrderedDict[Hashable, TextStream] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def feed(self, key: Hashable, tokens: list[int]) -> TextDelta:
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = TextStream(self._tokenizer)
+            if len(self._streams) > self._capacity:
+                self._streams.popitem(last=False)
+                self.evicted += 1
+        else:
+            self._streams.move_to_end(key)
+        return stream.feed(tokens)
+
+
 class SequenceError(ValueError):
     """TOKENS_BATCH / SEQUENCE_LENGTH that do not describe a batch of sequences."""
 
@@ -74,7 +120,7 @@ def decode_sequences(tokenizer: Tokenizer, tokens_batch: np.ndarray, sequence_le
     in batch-major, beam-minor order (batch·beams results), as the stock model does
     (tensorrtllm_backend all_models/inflight_batcher_llm/postprocessing/1/model.py). Each
     is decoded whole, so it is only right for whole sequences: streamed chunks need the
-    per-request state of a TextStream (the `generate` model).
+    per-stream state of a TextStream (StreamTable).
     """
     tokens_batch = np.asarray(tokens_batch)
     sequence_lengths = np.asarray(sequence_lengths)

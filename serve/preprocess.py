@@ -54,8 +54,12 @@ class RequestFields:
     num_return_sequences: int | None = None
     min_tokens: int | None = None
     min_length: int | None = None  # genai-perf's (old TensorRT-LLM) name for min_tokens
+    seed: int | None = None
+    random_seed: int | None = None  # older clients' name for seed
     # Accepted for compatibility with stock clients; only False is supported.
     unsupported_flags: dict[str, bool] = field(default_factory=dict)
+    # Stock ensemble inputs this deployment cannot serve, by name, when a request sent them.
+    unsupported_inputs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class PreparedRequest:
     reasoning: Reasoning
     stream: bool
     min_tokens: int = 1  # TensorRT-LLM's default: the end id may come first
+    seed: int | None = None  # None: the backend's own default
 
     @property
     def input_len(self) -> int:
@@ -95,6 +100,23 @@ def word_list(words: list[list[int]]) -> np.ndarray:
     result[1, :] = -1
     result[1, : len(offsets)] = offsets
     return result
+
+
+# Stock TensorRT-LLM ensemble inputs (configs/trtllm/0.20.0-ensemble.yaml) that a nemo-trt
+# deployment cannot serve, and why: a request that sends one gets this error, not a silent answer.
+UNSUPPORTED_INPUTS = {
+    "decoder_text_input": "encoder-decoder models only; Super-49B is decoder-only",
+    "prompt_embedding_table": "prompt tuning needs an engine built with prompt tables (nemo-trt builds none)",
+    "prompt_table_extra_id": "prompt tuning needs an engine built with prompt tables (nemo-trt builds none)",
+    "prompt_vocab_size": "prompt tuning needs an engine built with prompt tables (nemo-trt builds none)",
+    "embedding_bias_words": "embedding bias is not supported by this deployment yet; use bad_words to ban words",
+    "embedding_bias_weights": "embedding bias is not supported by this deployment yet; use bad_words to ban words",
+    "lora_task_id": "LoRA needs an engine built with the LoRA plugin (nemo-trt builds none)",
+    "lora_weights": "LoRA needs an engine built with the LoRA plugin (nemo-trt builds none)",
+    "lora_config": "LoRA needs an engine built with the LoRA plugin (nemo-trt builds none)",
+    "guided_decoding_guide_type": "guided decoding is not configured on this deployment",
+    "guided_decoding_guide": "guided decoding is not configured on this deployment",
+}
 
 
 def effective_sampling(reasoning: Reasoning, facts: ServingFacts, temperature: float | None,
@@ -139,6 +161,14 @@ class Preprocessor:
         for name, value in fields.unsupported_flags.items():
             if value:
                 raise PromptError(f"{name}=true is not supported by this model repository; leave it unset or false")
+        for name in fields.unsupported_inputs:
+            raise PromptError(f"{name} is not supported: {UNSUPPORTED_INPUTS.get(name, 'not served here')}; "
+                              "leave it out")
+        if fields.seed is not None and fields.random_seed is not None and fields.seed != fields.random_seed:
+            raise PromptError("seed and random_seed (its old name) disagree: send one of them")
+        seed = fields.seed if fields.seed is not None else fields.random_seed
+        if seed is not None and not 0 <= int(seed) < 2**64:
+            raise PromptError(f"seed must be between 0 and 2**64 - 1, got {seed}")
         if fields.exclude_input_in_output is False:
             raise PromptError("exclude_input_in_output=false (echoing the prompt) is not supported: "
                               "outputs hold the generated text only")
@@ -205,6 +235,7 @@ class Preprocessor:
             reasoning=rendered.reasoning,
             stream=bool(fields.stream),
             min_tokens=1 if min_tokens is None else int(min_tokens),
+            seed=None if seed is None else int(seed),
         )
 
 

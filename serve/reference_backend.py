@@ -53,6 +53,8 @@ class BadRequest(ValueError):
 class Session(Protocol):
     finished: bool
     finish_reason: str | None
+    want_logprobs: bool  # set to get `logprobs` (one per generated id)
+    logprobs: list[float]
 
     def step(self) -> int | None: ...
 
@@ -79,6 +81,9 @@ class BackendRequest:
     seed: int | None = None
     exclude_input_in_output: bool = True
     request_id: str = ""
+    return_perf_metrics: bool = False
+    return_log_probs: bool = False
+    arrival_time_ns: int = field(default_factory=time.monotonic_ns)  # TensorRT-LLM: steady clock at arrival
 
     @property
     def stop_ids(self) -> list[int]:
@@ -186,6 +191,8 @@ def parse_request(inputs: dict[str, np.ndarray], request_id: str = "", *, vocab_
         seed=_scalar(inputs, "seed", int, None),
         exclude_input_in_output=_scalar(inputs, "exclude_input_in_output", bool, default_exclude_input),
         request_id=request_id,
+        return_perf_metrics=_scalar(inputs, "return_perf_metrics", bool, False),
+        return_log_probs=_scalar(inputs, "return_log_probs", bool, False),
     )
 
 
@@ -198,6 +205,16 @@ def is_stop_request(inputs: dict[str, np.ndarray]) -> bool:
 
 
 @dataclass
+class PerfMetrics:
+    """The TensorRT-LLM backend's `return_perf_metrics` outputs (times: steady clock, ns)."""
+
+    arrival_time_ns: int
+    first_scheduled_time_ns: int = 0
+    first_token_time_ns: int = 0
+    last_token_time_ns: int = 0
+
+
+@dataclass
 class Chunk:
     """What one response carries; the adapter turns it into output tensors."""
 
@@ -205,6 +222,9 @@ class Chunk:
     num_input_tokens: int
     num_output_tokens: int  # cumulative
     final: bool
+    perf: PerfMetrics | None = None  # only when the request asked for it (every response, like TensorRT-LLM)
+    log_probs: list[float] | None = None  # of `output_ids`, only when asked (return_log_probs)
+    cum_log_prob: float = 0.0  # of every token generated so far
 
 
 class Sink(Protocol):
@@ -222,6 +242,14 @@ class _Active:
     emitted: list[int] = field(default_factory=list)
     done: bool = False
     enqueued: float = field(default_factory=time.monotonic)
+    perf: PerfMetrics | None = None
+
+    def metrics(self) -> PerfMetrics | None:
+        if not self.request.return_perf_metrics:
+            return None
+        if self.perf is None:
+            self.perf = PerfMetrics(self.request.arrival_time_ns)
+        return self.perf
 
 
 # --------------------------------------------------------------------------- scheduler
@@ -320,9 +348,14 @@ class Scheduler:
                 self._drop_cancelled(item)
                 return
             if item.session is None:
+                perf = item.metrics()
+                if perf is not None:
+                    perf.first_scheduled_time_ns = time.monotonic_ns()
                 item.session = self.model.start_session(
                     list(request.input_ids), self.make_sampling(request), request.stop_ids, request.max_new_tokens
                 )
+                if request.return_log_probs:
+                    item.session.want_logprobs = True
             token = item.session.step()
             self.steps += 1
         except Exception as exc:  # noqa: BLE001 - one bad request must not stop the others
@@ -344,13 +377,24 @@ class Scheduler:
         if len(item.emitted) >= request.max_new_tokens:
             finished = True
 
+        log_probs, cum = None, 0.0
+        if request.return_log_probs:
+            all_lp = list(getattr(item.session, "logprobs", []))[:len(item.emitted)]  # the stop token is not returned
+            cum = float(sum(all_lp))
+            log_probs = all_lp[len(item.emitted) - len(new):] if request.streaming else \
+                all_lp[:len(item.emitted)]
+        perf = item.metrics()
+        if perf is not None and new:
+            perf.last_token_time_ns = time.monotonic_ns()
+            perf.first_token_time_ns = perf.first_token_time_ns or perf.last_token_time_ns
         try:
             if request.streaming:
                 if new or finished:
-                    item.sink.send(Chunk(new, len(request.input_ids), len(item.emitted), finished))
+                    item.sink.send(Chunk(new, len(request.input_ids), len(item.emitted), finished, perf,
+                                         log_probs, cum))
             elif finished:
                 ids = item.emitted if request.exclude_input_in_output else request.input_ids + item.emitted
-                item.sink.send(Chunk(list(ids), len(request.input_ids), len(item.emitted), True))
+                item.sink.send(Chunk(list(ids), len(request.input_ids), len(item.emitted), True, perf, log_probs, cum))
         except Exception as exc:  # noqa: BLE001 - client went away: drop the session
             log.info("reference backend: dropping request %s: %s", request.request_id, exc)
             finished = True

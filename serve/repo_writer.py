@@ -1,16 +1,15 @@
-"""Write a self-contained Triton model repository: ensemble, preprocessing, generate
-(drives tensorrt_llm, detokenizes, splits reasoning), the stock-contract stateless
-postprocessing (for clients and BLS pipelines that call it directly), and `tensorrt_llm`
-served by the TensorRT-LLM C++ backend (engines) or the CPU reference
-backend (a converted checkpoint, Python model with the same tensor contract).
+"""Write a self-contained Triton model repository in the stock TensorRT-LLM layout:
+ensemble = preprocessing -> tensorrt_llm -> postprocessing (per-stream text state:
+detokenization + reasoning split), with `tensorrt_llm` served by the TensorRT-LLM C++
+backend (engines) or the CPU reference backend (a converted checkpoint, Python model with
+the same tensor contract).
 
 Every `${placeholder}` of the templates in model_repository/ is filled; optional
 TensorRT-LLM parameters without a value are removed (the backend default applies)
 instead of being left unfilled, which is the most common way stock repositories break
 (triton-trtllm-repository.md §12 #1). Each written config.pbtxt is parsed with
 Triton's own ModelConfig protobuf and the ensemble wiring (model, tensor names and
-types of every step, and what stock pipelines feed `postprocessing` from `tensorrt_llm`)
-is checked against the composing models before the repository
+types of every step) is checked against the composing models before the repository
 is renamed into place. Tokenizer files are copied into the repository and referenced
 by relative paths, so the repository can be moved or mounted elsewhere.
 
@@ -36,6 +35,7 @@ from nemo_trt.atomic import atomic_dir
 from nemo_trt.errors import NemoTrtError
 from nemo_trt.model_facts import DEFAULT_MODEL, load_serving_facts
 from nemo_trt.resources import model_repository_dir
+from nemo_trt.serve.postprocess import DEFAULT_STREAM_CAPACITY
 from nemo_trt.serve.repo_identity import (identity_from_model_config, identity_parameter_value, make_identity,
                                          reference_checkpoint_identity, trtllm_engine_identity)
 
@@ -140,8 +140,7 @@ def parse_model_config(text: str, where: str):
 
 def check_ensemble(configs: dict[str, Any]) -> None:
     """Every step's model exists, its mapped tensors exist with matching types, every
-    internal tensor is produced by an earlier step, what `generate` forwards to
-    `tensorrt_llm` exists there with the same type, and `tensorrt_llm`'s output_ids /
+    internal tensor is produced by an earlier step, and `tensorrt_llm`'s output_ids /
     sequence_length fit `postprocessing`'s TOKENS_BATCH / SEQUENCE_LENGTH (stock wiring)."""
     ensemble = configs["ensemble"]
     types: dict[str, int] = {t.name: t.data_type for t in ensemble.input}
@@ -171,16 +170,6 @@ def check_ensemble(configs: dict[str, Any]) -> None:
     for output in ensemble.output:
         if output.name not in types:
             problems.append(f"ensemble output {output.name!r} is produced by no step")
-    # `generate` forwards its inputs to tensorrt_llm under the same names (BLS).
-    llm = {t.name: t for t in configs["tensorrt_llm"].input}
-    for tensor in configs["generate"].input:
-        if tensor.name not in llm:
-            problems.append(f"tensorrt_llm has no input {tensor.name!r}, which generate forwards")
-        elif llm[tensor.name].data_type != tensor.data_type:
-            problems.append(f"tensorrt_llm.{tensor.name} type differs from generate's")
-    for name, tensor in llm.items():
-        if not tensor.optional and name not in {t.name for t in configs["generate"].input}:
-            problems.append(f"tensorrt_llm requires input {name!r}, which generate does not forward")
     # Stock ensembles and BLS models feed tensorrt_llm's outputs to postprocessing.
     llm_out = {t.name: t for t in configs["tensorrt_llm"].output}
     post_in = {t.name: t for t in configs["postprocessing"].input}
@@ -384,14 +373,10 @@ def write_repository(
         "max_queue_delay_microseconds": 0,
         "max_queue_size": 0,
         "tokenizer_dir": TOKENIZER_SUBDIR,
-        "generate_tokenizer_dir": f"../preprocessing/{TOKENIZER_SUBDIR}",
         "postprocessing_tokenizer_dir": f"../preprocessing/{TOKENIZER_SUBDIR}",
         "serving_model": facts.name,
         "default_reasoning": reasoning,
         "preprocessing_instance_count": instances,
-        "generate_instance_count": instances,
-        "postprocessing_instance_count": instances,
-        "tensorrt_llm_model_name": "tensorrt_llm",
     }
 
     engine_config: dict | None = None
@@ -499,6 +484,8 @@ def write_repository(
         })
         llm_template = templates / "tensorrt_llm_reference"
     values.update({
+        # Streams whose text state postprocessing keeps: far above what can run at once.
+        "postprocessing_stream_capacity": max(DEFAULT_STREAM_CAPACITY, 16 * limits.max_batch_size),
         "triton_max_batch_size": limits.max_batch_size,
         "max_input_len": limits.max_input_len,
         "max_seq_len": limits.max_seq_len,
@@ -517,8 +504,7 @@ def write_repository(
     with atomic_dir(output, replace=force) as tmp:
         configs = {}
         for name, template in (("ensemble", templates / "ensemble"), ("preprocessing", templates / "preprocessing"),
-                               ("tensorrt_llm", llm_template), ("generate", templates / "generate"),
-                               ("postprocessing", templates / "postprocessing")):
+                               ("tensorrt_llm", llm_template), ("postprocessing", templates / "postprocessing")):
             if not (template / "config.pbtxt").is_file():
                 raise NemoTrtError(f"template {template} is missing", "reinstall nemo-trt")
             _copy_model(template, tmp / name)

@@ -1,7 +1,8 @@
 """Reusable daemon threads for Python-backend models that answer requests off `execute()`.
 
-The decoupled `generate` model must return from `execute()` at once and serve each request
-on a thread of its own (a stream may last thousands of tokens). Starting a fresh thread
+A decoupled Python model that serves each request on a thread of its own must return from
+`execute()` at once (a stream may last thousands of tokens); the test stand-in for
+`tensorrt_llm` does so in its thread-per-request mode. Starting a fresh thread
 per request puts `Thread.start()` on every request's path: it waits until the new thread
 has been scheduled, which on a busy machine is a context switch the request pays for.
 `Workers` keeps finished threads waiting for the next job instead, so `submit` only puts

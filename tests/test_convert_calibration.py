@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nemo_trt.build.convert import convert_checkpoint
-from nemo_trt.build.convert.calibrate import DEFAULT_PROMPTS, _rope_pair_bound, load_prompts
+from nemo_trt.build.convert.layerwise import rope_pair_bound as _rope_pair_bound
+from nemo_trt.build.convert.prompts import DEFAULT_PROMPTS, load_prompts
 from nemo_trt.build.convert.reader import read_converted_as_hf, spec_from_trtllm_config
 from nemo_trt.build.hf_checkpoint import HFCheckpoint
 from nemo_trt.cli import main

@@ -5,7 +5,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -53,13 +52,19 @@ def test_rerun_is_a_noop_and_manifest_lists_hashes(tmp_path, convert_source, cap
     assert not forced.up_to_date and forced.files == first.files  # deterministic bytes
 
 
-_SLOW_CONVERT = """
-import sys, time
+_BLOCKED_CONVERT = """
+import sys, threading, time
 from nemo_trt.build.convert import writer, convert_checkpoint
-def slow(path, n):
-    print("WRITING", flush=True)
-    time.sleep(0.2)
-writer.WRITE_HOOK = slow
+def block(path, n):
+    # The first write on the main thread (a rank file's header) announces itself and then waits
+    # for the signal: the run is interrupted mid-write whatever the machine's load, never after
+    # it has finished (a sleep in the test could not promise that).
+    if threading.current_thread() is threading.main_thread() and not getattr(block, "seen", False):
+        block.seen = True
+        print("WRITING", flush=True)
+        while True:
+            time.sleep(0.05)
+writer.WRITE_HOOK = block
 convert_checkpoint(sys.argv[1], sys.argv[2], tp=2, progress=False)
 """
 
@@ -67,13 +72,14 @@ convert_checkpoint(sys.argv[1], sys.argv[2], tp=2, progress=False)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_run_leaves_no_valid_output(tmp_path, convert_source, sig):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_CONVERT, str(convert_source), str(out)],
+    proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_CONVERT, str(convert_source), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "WRITING"
-    time.sleep(0.5)
+    assert proc.stdout.readline().strip() == "WRITING"  # blocked mid-write until the signal below
     proc.send_signal(sig)
-    proc.wait(timeout=60)
-    assert proc.returncode != 0
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -sig or (sig == signal.SIGINT and proc.returncode != 0), (proc.returncode, stderr)
+    if sig == signal.SIGINT:
+        assert "KeyboardInterrupt" in stderr  # the Ctrl-C surfaced, nothing swallowed it
     assert not out.exists()
     leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
     if sig == signal.SIGINT:
@@ -86,6 +92,33 @@ def test_interrupted_run_leaves_no_valid_output(tmp_path, convert_source, sig):
     # the next run removed the dead run's temporary directory; the output has no owner marker
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
     assert not (out / ".nemo-trt-owner").exists()
+
+
+def test_ctrl_c_while_opening_a_later_rank_stops_every_writer(tmp_path, convert_source, monkeypatch):
+    """An interrupt raised while the second rank's file is opened must still stop the first
+    rank's writer thread and close its file (both are opened inside the cleanup's scope)."""
+    from nemo_trt.build.convert import converter, writer
+
+    made, aborted = [], []
+    real_abort = writer.StreamingSafetensorsWriter.abort
+
+    class Interrupting(writer.StreamingSafetensorsWriter):
+        def __init__(self, path, *args, **kwargs):
+            if made:
+                raise KeyboardInterrupt
+            super().__init__(path, *args, **kwargs)
+            made.append(self)
+
+        def abort(self):
+            aborted.append(self)
+            real_abort(self)
+
+    monkeypatch.setattr(converter, "StreamingSafetensorsWriter", Interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        convert_checkpoint(convert_source, tmp_path / "out", tp=2, progress=False)
+    assert len(made) == 1 and aborted == made and made[0]._fh.closed
+    assert not made[0]._thread.is_alive()
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 
 
 def test_verify_reports_tampering(tmp_path, convert_source, capsys):

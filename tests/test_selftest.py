@@ -122,8 +122,10 @@ def test_runs_up_to_the_gpu_call(tmp_path, tiny_checkpoint_dir):
     assert [e["layout"]["name"] for e in report["layouts"]] == ["bf16-tp2", "fp8-pp2"]
     for entry in report["layouts"]:
         build = entry["steps"]["build"]
-        assert build["stages"] == {"plan": "done", "convert": "done", "verify": "done", "engine": "done",
-                                   "repo": "done"}
+        stages = dict(build["stages"])
+        if entry["layout"]["name"].startswith("fp8"):  # FP8 from the BF16 tiny: calibrated first (or reused)
+            assert stages.pop("calibrate") in ("done", "cached")
+        assert stages == {"plan": "done", "convert": "done", "verify": "done", "engine": "done", "repo": "done"}
         assert build["unpredicted_overrides"] == {} and build["engine_settings"]["reduce_fusion"] is False
         assert entry["steps"]["contract"]["passed"]
     fp8 = json.loads((tmp_path / "selftest" / "fp8-pp2" / "work" / "checkpoint" / "config.json").read_text())

@@ -106,3 +106,66 @@ def test_postprocessing_model_over_grpc(reference_server, reference_repository):
     with pytest.raises(grpcclient.InferenceServerException, match="SEQUENCE_LENGTH must be between"):
         _infer(reference_server, tokens[:1], np.array([[tokens.shape[2] + 5]], np.int32))
     assert _infer(reference_server, tokens[1:], lengths[1:])["OUTPUT"] == [OTHER]  # still serving
+
+
+# --------------------------------------------------------------------------- per-stream state (the ensemble)
+
+
+def test_stream_table_keeps_interleaved_streams_apart(tokenizer):
+    from nemo_trt.serve.postprocess import StreamTable, TextStream
+
+    table = StreamTable(tokenizer, capacity=8)
+    a, b = _ids(tokenizer, TEXT.removesuffix("<|eot_id|>")), _ids(tokenizer, "日本語 🙂👍🏽 " * 3)
+    got: dict[str, list] = {"a": [], "b": []}
+    for i in range(max(len(a), len(b))):  # one token of each stream in turn, as tensorrt_llm sends them
+        for key, ids in (("a", a), ("b", b)):
+            if i < len(ids):
+                got[key].append(table.feed((key, 1), [ids[i]]))
+    assert "".join(d.text for d in got["a"]) == SHOWN
+    assert "".join(d.reasoning for d in got["a"]) == REASONING and "".join(d.answer for d in got["a"]) == ANSWER
+    assert "".join(d.text for d in got["b"]) == tokenizer.decode(b)
+    assert "\ufffd" not in "".join(d.text for d in got["b"])  # multi-byte characters split over tokens
+    assert got["a"][-1].num_output_tokens == len(a) and len(table) == 2
+    whole = TextStream(tokenizer).feed(a)  # non-streamed: one response with every token, same text
+    assert (whole.text, whole.reasoning, whole.answer) == (SHOWN, REASONING, ANSWER)
+
+
+def test_stream_table_forgets_least_recently_fed_beyond_capacity(tokenizer):
+    from nemo_trt.serve.postprocess import StreamTable
+
+    table = StreamTable(tokenizer, capacity=3)
+    for key in ("a", "b", "c"):
+        table.feed(key, _ids(tokenizer, "x"))
+    table.feed("a", _ids(tokenizer, "y"))  # a is fed again: b is now the least recent
+    table.feed("d", _ids(tokenizer, "z"))
+    assert len(table) == 3 and table.evicted == 1
+    assert table.feed("a", _ids(tokenizer, "!")).num_output_tokens == 3  # a kept its state
+    assert table.feed("b", _ids(tokenizer, "!")).num_output_tokens == 1  # b was dropped: a new stream
+    with pytest.raises(ValueError):
+        StreamTable(tokenizer, capacity=0)
+
+
+@pytest.mark.slow
+def test_postprocessing_model_keys_streams_by_request_id_and_arrival(reference_server, reference_repository):
+    """With ARRIVAL_TIME_NS (what the ensemble maps), one token per request builds each stream's text."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    tokenizer = Tokenizer.from_file(str(reference_repository / "preprocessing" / "tokenizer" / "tokenizer.json"))
+    client = grpcclient.InferenceServerClient(reference_server.grpc_url)
+    ids = _ids(tokenizer, "日本語 🙂👍🏽 done")
+    texts = {1: "", 2: ""}
+    try:
+        for token in ids:
+            for arrival in (1, 2):  # two streams with the same (empty) request id, told apart by arrival time
+                inputs = []
+                for name, value in (("TOKENS_BATCH", np.array([[[token]]], np.int32)),
+                                    ("SEQUENCE_LENGTH", np.array([[1]], np.int32)),
+                                    ("ARRIVAL_TIME_NS", np.array([[arrival]], np.int64))):
+                    tensor = grpcclient.InferInput(name, list(value.shape), "INT32" if value.dtype == np.int32
+                                                   else "INT64")
+                    tensor.set_data_from_numpy(value)
+                    inputs.append(tensor)
+                result = client.infer("postprocessing", inputs)
+                texts[arrival] += result.as_numpy("OUTPUT").reshape(-1)[0].decode()
+    finally:
+        client.close()
+    assert texts[1] == texts[2] == "日本語 🙂👍🏽 done"

@@ -1,4 +1,4 @@
-"""ensemble (preprocessing -> generate -> tensorrt_llm) on a real tritonserver (CPU).
+"""ensemble (preprocessing -> tensorrt_llm -> postprocessing) on a real tritonserver (CPU).
 
 The `tensorrt_llm` slot holds a TEST-ONLY scripted model (tests/fixtures/scripted_llm)
 that "generates" exactly known tokens with the TensorRT-LLM streaming contract, so
@@ -104,7 +104,6 @@ def test_streamed_deltas_equal_non_streamed_and_split_reasoning(server):
     assert counts == sorted(counts) and counts[-1] == int(whole[0]["num_output_tokens"].reshape(-1)[0])
     ids = [int(t) for o in streamed for t in o["output_ids"].reshape(-1)]
     assert ids == whole[0]["output_ids"].reshape(-1).tolist() and len(ids) == counts[-1]
-    assert int(streamed[0]["num_input_tokens"].reshape(-1)[0]) > 0
 
 
 def test_concurrent_streams_keep_their_own_state(server):
@@ -253,3 +252,24 @@ def test_cancelled_stream_does_not_hurt_the_server(server):
     client.close()
     outputs, error = _call(server, text_input="after cancel", max_tokens=20)
     assert error is None and "".join(_texts(outputs, "text_output")) == "after cancel"
+
+
+def _uint64(name, value):
+    tensor = grpcclient.InferInput(name, [1, 1], "UINT64")
+    tensor.set_data_from_numpy(np.array([[value]], dtype=np.uint64))
+    return tensor
+
+
+def test_random_seed_is_an_alias_of_seed_and_unservable_stock_inputs_are_refused(server):
+    for name in ("seed", "random_seed"):
+        outputs, error = stream_call(server.grpc_url, "ensemble",
+                                     _inputs(text_input="PARAMS", max_tokens=300) + [_uint64(name, 1234)])
+        assert error is None, error
+        assert json.loads("".join(_texts(outputs, "text_output")))["seed"] == 1234, name
+    assert _params(server)["seed"] is None  # no seed sent: none reaches the backend (its own default)
+    outputs, error = stream_call(server.grpc_url, "ensemble", _inputs(text_input="PARAMS", max_tokens=300)
+                                 + [_uint64("seed", 1), _uint64("random_seed", 2)])
+    assert error is not None and "seed and random_seed" in str(error)
+    outputs, error = stream_call(server.grpc_url, "ensemble", _inputs(text_input="hi", max_tokens=8)
+                                 + [_uint64("lora_task_id", 7)])
+    assert error is not None and "lora_task_id is not supported: LoRA needs an engine" in str(error)

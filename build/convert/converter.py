@@ -140,11 +140,14 @@ def run_job(job: Job, report: Callable[[int], None] | None = None) -> dict[str, 
     all_entries = [e for _, es in layout for e in es]
     threaded = len(job.tp_ranks) > 1 or (os.cpu_count() or 1) > 1
     out_dir = Path(job.out_dir)
-    writers = {r: StreamingSafetensorsWriter(out_dir / rank_file(rank_of(r, job.pp_rank, job.tp)), all_entries,
-                                             threaded=threaded)
-               for r in job.tp_ranks}
-    inflight = InFlight(list(writers.values()))
+    # Opened inside the try: an error or Ctrl-C while opening the second rank's file (its header
+    # is written on open) must still stop the first one's writer thread and close its file.
+    writers: dict[int, StreamingSafetensorsWriter] = {}
     try:
+        for r in job.tp_ranks:
+            writers[r] = StreamingSafetensorsWriter(out_dir / rank_file(rank_of(r, job.pp_rank, job.tp)), all_entries,
+                                                    threaded=threaded)
+        inflight = InFlight(list(writers.values()))
         for rule, entries in layout:
             if streams_by_rows(rule, src, job.quant):
                 copy_rows(rule, src, job, writers, report, inflight)

@@ -23,6 +23,9 @@ import click
               help="Last stage to run: convert (convert + verify, no GPU needed), engine, or repo.")
 @click.option("--workers", type=int, default=None,
               help="Engines built in parallel (default: the world size; trtllm-build caps it at the GPU count).")
+@click.option("--calib-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where FP8 calibration of a BF16 checkpoint runs, one decoder layer at a time (cuda: one layer "
+                   "on the GPU at a time, minutes instead of tens of minutes for Super-49B).")
 @click.option("--gpus-per-node", type=click.IntRange(min=1), default=None, metavar="N",
               help="GPUs of one node, when the profile's GPUs span several nodes (a100x8 on 4-GPU nodes: TP4 "
                    "inside a node x PP2 across 2 nodes; `nemo-trt deploy k8s` renders the multi-node layout).")
@@ -32,11 +35,12 @@ import click
               help="Replace a WORKDIR checkpoint made from other inputs (another layout or source), and build "
                    "even where the GPUs, TensorRT-LLM version or free disk do not match the plan. Current "
                    "stages are still reused; delete WORKDIR to start over.")
-def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_size, until, workers, gpus_per_node,
-            dry_run, as_json, force):
+def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_size, until, workers, calib_device,
+            gpus_per_node, dry_run, as_json, force):
     """Build TensorRT-LLM engines and a Triton model repository from an HF checkpoint.
 
-    Stages: plan -> convert (HF -> TRT-LLM checkpoint, sharded TP x PP) -> verify
+    Stages: plan -> [calibrate: FP8 from a BF16 checkpoint, layer by layer]
+    -> convert (HF -> TRT-LLM checkpoint, sharded TP x PP) -> verify
     -> engine (trtllm-build, one engine per rank) -> repo (Triton model
     repository). Every stage is cached in WORKDIR: a rerun skips what is
     complete and current, and a failed or interrupted stage leaves the earlier
@@ -54,6 +58,7 @@ def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_
       nemo-trt build --gpu h200x1 --checkpoint llama-3.3-nemotron-super-49b-v1 --output /tmp/w --dry-run
       nemo-trt build --gpu h100x2 --checkpoint /models/super49b --output /deploy/s49 --until convert
       nemo-trt build --gpu a100x4 --checkpoint /models/super49b --output /deploy/a100 --dry-run --json
+      nemo-trt build --gpu h100x2 --checkpoint /models/super49b --output /deploy/s49 --calib-device cuda
       nemo-trt build --gpu a100x8 --gpus-per-node 4 --checkpoint /models/super49b --output /deploy/a100x8-2x4
     """
     from nemo_trt.build.engine import detect_toolchain
@@ -63,7 +68,7 @@ def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_
     request = BuildRequest(gpu=gpu, checkpoint=Path(checkpoint) if Path(checkpoint).exists() else checkpoint,
                            output=output, precision=precision, variant=variant, max_seq_len=max_seq_len,
                            max_batch_size=max_batch_size, until=until, force=force, workers=workers,
-                           gpus_per_node=gpus_per_node)
+                           calib_device=calib_device, gpus_per_node=gpus_per_node)
     toolchain = detect_toolchain()
     prepared = prepare(request, toolchain=toolchain)
     if dry_run:
@@ -85,6 +90,7 @@ def command(gpu, checkpoint, output, precision, variant, max_seq_len, max_batch_
 def _render_dry_run(prepared, info: dict, console) -> None:
     from rich.markup import escape
 
+    from nemo_trt.build.calibration_plan import RouteEstimate
     from nemo_trt.build.plan_report import render_plan
 
     render_plan(prepared.plan, console)
@@ -98,6 +104,10 @@ def _render_dry_run(prepared, info: dict, console) -> None:
         elif "call" in st:
             args = ", ".join(f"{k}={v!r}" for k, v in st.get("args", {}).items())
             console.print(f"  {st['call']}({escape(args)})", soft_wrap=True)
+        if st["stage"] == "calibrate":
+            console.print(f"  {st['prompts']} prompts, {st['tokens']:,} tokens ({escape(st['tokenization'])})")
+            for est in st["estimates"]:
+                console.print(f"  {escape(RouteEstimate.model_validate(est).summary())}", soft_wrap=True)
         for key, value in st.get("tensorrt_llm_parameters", {}).items():
             console.print(f"  tensorrt_llm parameter {key}: {value}")
         writes = st.get("writes", [])

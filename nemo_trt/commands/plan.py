@@ -36,11 +36,17 @@ from nemo_trt.build.plan_report import render_plan  # noqa: F401  (re-exported f
                    "--json` output (repeat for a sweep). Without it, an estimate from stated assumptions.")
 @click.option("--utilization", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="Capacity planning: share of a replica's throughput to plan for (burst and autoscaling headroom).")
+@click.option("--calib-prompts", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="FP8 calibration prompts to plan for (default: the built-in set).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (Plan.model_dump; `capacity` added "
               "with --rate).")
 def command(gpu, precision, variant, model, max_seq_len, max_batch_size, max_input_len, max_num_tokens, tp, pp,
-            input_len, output_len, gpus_per_node, rate, ttft_slo, measured, utilization, as_json):
+            input_len, output_len, gpus_per_node, rate, ttft_slo, measured, utilization, calib_prompts, as_json):
     """Plan a build: weights, activations and KV cache per rank, and the settings with reasons.
+
+    FP8 from a BF16 checkpoint adds the calibration stage: prompts and tokens,
+    and the memory and time of each route (layer by layer on CPU or GPU, or the
+    whole model) per device.
 
     Fails (exit 2) with the reason and a fix when the build cannot work: FP8 on
     Ampere, weights that do not fit, a TP size that does not divide the heads,
@@ -58,6 +64,7 @@ def command(gpu, precision, variant, model, max_seq_len, max_batch_size, max_inp
       nemo-trt plan --gpu h100x2 --rate 20 --isl 2048 --osl 1024 --ttft-slo 2000
       nemo-trt plan --gpu h100x2 --rate 20 --isl 1000 --osl 500 --measured profile_export_genai_perf.json
     """
+    from nemo_trt.build.calibration_plan import plan_calibration
     from nemo_trt.build.gpu_detect import resolve_gpu_profile
     from nemo_trt.build.layout import make_node_plan
     from nemo_trt.build.spec import ModelSpec
@@ -70,6 +77,9 @@ def command(gpu, precision, variant, model, max_seq_len, max_batch_size, max_inp
     plan = make_node_plan(spec, profile, precision=precision, variant=variant, max_seq_len=max_seq_len,
                           max_batch_size=max_batch_size, max_input_len=max_input_len, max_num_tokens=max_num_tokens,
                           input_len=input_len, output_len=output_len, tp=tp, pp=pp, gpus_per_node=gpus_per_node)
+    plan.calibration = plan_calibration(spec, model_dir, precision=plan.precision, kv_cache_dtype=plan.kv_cache_dtype,
+                                        gpus=[profile.gpu.family], gpu_memory_bytes=profile.gpu.memory_bytes,
+                                        calib_prompts=calib_prompts)
     capacity = None
     if rate is not None:
         from nemo_trt.build.capacity import plan_capacity, read_load_point

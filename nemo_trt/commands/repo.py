@@ -24,13 +24,13 @@ import click
 @click.option("--reasoning", type=click.Choice(["on", "off"]), default="on", show_default=True,
               help="Reasoning mode for requests that do not choose one.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Instances (processes) of preprocessing and of generate (detokenization).")
+              help="Instances (processes) of preprocessing (postprocessing keeps per-stream state: always one).")
 @click.option("--force", is_flag=True, help="Replace an existing repository (only once the new one is complete).")
 @click.option("--json", "as_json", is_flag=True, help="Print the repository manifest as JSON.")
 def command(output, tokenizer, engine, reference, gpu, precision, model, reasoning, instances, force, as_json):
     """Write a self-contained Triton model repository: ensemble, preprocessing (chat
-    template, defaults, checks), generate (detokenization, reasoning split) and
-    tensorrt_llm (TensorRT-LLM engines, or the CPU reference backend).
+    template, defaults, checks), tensorrt_llm (TensorRT-LLM engines, or the CPU reference
+    backend) and postprocessing (per-stream detokenization and reasoning split).
 
     Every template placeholder is filled and every config.pbtxt is validated with
     Triton's model-config protobuf. Tokenizer files are copied in, so the repository

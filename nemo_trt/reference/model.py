@@ -184,24 +184,40 @@ class DeciModel(nn.Module):
         self.layers = nn.ModuleList([DeciDecoderLayer(spec, layer) for layer in spec.layers])
         self.norm = LlamaRMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
         # inv_freq is a non-persistent buffer: it never shows up in state_dict().
-        self.rotary_emb = LlamaRotaryEmbedding(llama_config(spec))
+        self.rotary_emb = rotary_embedding(spec)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        b, s = input_ids.shape
         past = cache.length if cache is not None else 0
         h = self.embed_tokens(input_ids)
-        positions = torch.arange(past, past + s, device=input_ids.device).unsqueeze(0).expand(b, s)
-        cos, sin = self.rotary_emb(h, positions)
-        # Query i (absolute position past+i) sees keys 0..past+i.
-        keys = torch.arange(past + s, device=input_ids.device)
-        allowed = keys.unsqueeze(0) <= (keys[past:].unsqueeze(1))
-        mask = torch.zeros(s, past + s, dtype=h.dtype, device=h.device)
-        mask.masked_fill_(~allowed, torch.finfo(h.dtype).min)
+        cos, sin, mask = rope_and_mask(self.rotary_emb, h, past)
         for layer in self.layers:
             h = layer(h, cos, sin, mask, cache)
         if cache is not None:
-            cache.length = past + s
+            cache.length = past + input_ids.shape[1]
         return self.norm(h)
+
+
+def rotary_embedding(spec: ModelSpec) -> LlamaRotaryEmbedding:
+    """The model's RoPE module (float32 inv_freq, llama3 scaling from the spec)."""
+    return LlamaRotaryEmbedding(llama_config(spec))
+
+
+def rope_and_mask(rotary_emb: LlamaRotaryEmbedding, h: torch.Tensor, past: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cos, sin, causal mask) for hidden states h [b, s, hidden] that follow `past` cached tokens.
+
+    The one place positions and masks are made: the model's forward and the layer-by-layer FP8
+    calibrator (which runs the decoder layers without a DeciModel) both call it.
+    """
+    b, s = h.shape[:2]
+    positions = torch.arange(past, past + s, device=h.device).unsqueeze(0).expand(b, s)
+    cos, sin = rotary_emb(h, positions)
+    # Query i (absolute position past+i) sees keys 0..past+i.
+    keys = torch.arange(past + s, device=h.device)
+    allowed = keys.unsqueeze(0) <= (keys[past:].unsqueeze(1))
+    mask = torch.zeros(s, past + s, dtype=h.dtype, device=h.device)
+    mask.masked_fill_(~allowed, torch.finfo(h.dtype).min)
+    return cos, sin, mask
 
 
 class ReferenceModel(nn.Module):
@@ -258,9 +274,11 @@ class ReferenceModel(nn.Module):
         model.load_state_dict(state, strict=True, assign=True)
         if spec.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
-        # Non-persistent buffers (RoPE inv_freq) must be real: rebuild the rotary module.
-        model.model.rotary_emb = LlamaRotaryEmbedding(llama_config(spec))
-        return model.to(dtype).eval()
+        model = model.to(dtype).eval()
+        # Non-persistent buffers (RoPE inv_freq) must be real: rebuild the rotary module, after the
+        # cast, so inv_freq stays float32 in a bfloat16 model (as transformers keeps it).
+        model.model.rotary_emb = rotary_embedding(spec)
+        return model
 
     @classmethod
     def from_hf(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> ReferenceModel:

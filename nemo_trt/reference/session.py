@@ -41,6 +41,10 @@ class Session:
         self.stop_ids = frozenset(int(t) for t in stop_ids)
         self.max_new_tokens = max_new_tokens
         self.output_ids: list[int] = []
+        # Set to True to get `logprobs`: log-probability of each generated id under the model's
+        # distribution (log-softmax of its logits, before temperature / top-k / top-p).
+        self.want_logprobs = False
+        self.logprobs: list[float] = []
         self.finish_reason: str | None = "length" if max_new_tokens == 0 else None
         self.cache = model.new_cache()
         self._generator = sampling.generator()
@@ -57,6 +61,8 @@ class Session:
         feed = self.output_ids[-1:] if self.output_ids else self.prompt_ids
         logits = self.model(torch.tensor([feed], dtype=torch.long), cache=self.cache, last_only=True)[0, -1]
         token = choose_token(logits, self.sampling, self._generator)
+        if self.want_logprobs:
+            self.logprobs.append(float(torch.log_softmax(logits.float(), dim=-1)[token]))
         self.output_ids.append(token)
         if token in self.stop_ids:
             self.finish_reason = "stop"

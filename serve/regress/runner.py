@@ -16,6 +16,7 @@ from typing import Any
 
 from nemo_trt.errors import NemoTrtError
 from nemo_trt.serve.client import Delta, GenerateRequest, Protocol, collect, normalize_url, stream_generate
+from nemo_trt.serve.client import prompt_tokens as server_prompt_tokens
 from nemo_trt.serve.regress.golden import CaseRecord, ServerIdentity, Timings
 from nemo_trt.serve.regress.suite import Case, Suite
 
@@ -337,6 +338,8 @@ def run_one(url: str, protocol: Protocol, prepared: PreparedCase, timeout: float
         close = getattr(deltas, "close", None)
         if close:
             close()  # cancels the request on the server if we stopped early
+    if result.num_input_tokens is None and prepared.request.return_num_input_tokens:
+        result.num_input_tokens = server_prompt_tokens(url, prepared.request, protocol, timeout)
     return CaseRecord(
         prompt_sha256=prepared.prompt_sha256, prompt_chars=prepared.prompt_chars,
         sampling=prepared.case.sampling.label(), max_tokens=prepared.request.max_tokens,

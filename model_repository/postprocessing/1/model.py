@@ -1,20 +1,27 @@
-"""Triton Python model `postprocessing` (stock TensorRT-LLM contract, not decoupled).
+"""Triton Python model `postprocessing`: tensorrt_llm token responses -> text deltas.
 
-TOKENS_BATCH [batch, beams, tokens] + SEQUENCE_LENGTH [batch, beams] -> OUTPUT,
-REASONING_OUTPUT, ANSWER_OUTPUT (batch·beams strings each) via
-nemo_trt.serve.postprocess.decode_sequences. Stateless: it decodes whole sequences;
-streaming goes through the stateful `generate` model.
+The ensemble's last step (stock layout: preprocessing -> tensorrt_llm -> postprocessing),
+batched across streams by Triton's dynamic batcher like the stock model. With
+`ARRIVAL_TIME_NS` (the ensemble maps tensorrt_llm's `arrival_time_ns`, which every
+request returns) each request is one token response of a stream, keyed by
+(request id, arrival time) in a nemo_trt.serve.postprocess.StreamTable: incremental
+detokenization + reasoning split, so the deltas concatenate to the exact text. Without it
+(a client or BLS model calling this model directly with whole sequences, the stock
+contract) every sequence is decoded on its own.
+
+One instance only: the stream table lives in this process, and one instance takes a
+stream's responses in the order tensorrt_llm sent them.
 """
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-from nemo_trt.serve.postprocess import SequenceError, decode_sequences
+from nemo_trt.serve.postprocess import DEFAULT_STREAM_CAPACITY, SequenceError, StreamTable, decode_sequences
 from nemo_trt.serve.triton_params import model_parameters, required, resolve_path
 
 
-def _strings(values):
-    return np.array([v.encode("utf-8") for v in values], dtype=object)
+def _strings(values, rows=1):
+    return np.array([v.encode("utf-8") for v in values], dtype=object).reshape(rows, -1)
 
 
 class TritonPythonModel:
@@ -22,19 +29,49 @@ class TritonPythonModel:
         params = model_parameters(args)
         self.tokenizer = Tokenizer.from_file(
             str(resolve_path(required(params, "tokenizer_dir"), args) / "tokenizer.json"))
+        self.streams = StreamTable(self.tokenizer, int(params.get("stream_capacity") or DEFAULT_STREAM_CAPACITY))
+
+    def _stream_response(self, request, tokens, lengths, arrival):
+        if tokens.shape[0] != 1 or tokens.shape[1] != 1:
+            raise SequenceError(f"a streamed response must hold one sequence (batch 1, beam 1), got TOKENS_BATCH "
+                                f"shape {list(tokens.shape)}")
+        ids = tokens[0, 0, :int(lengths.reshape(-1)[0])].tolist()
+        delta = self.streams.feed((request.request_id(), int(arrival.reshape(-1)[0])), ids)
+        return (delta.text, delta.reasoning, delta.answer, ids, delta.num_output_tokens)
+
+    def _whole_response(self, tokens, lengths):
+        """Stock contract: batch·beams strings per output, [batch, beams]; ids and counts of beam 0."""
+        decoded = decode_sequences(self.tokenizer, tokens, lengths)
+        tokens = np.asarray(tokens)
+        tokens = tokens[:, np.newaxis, :] if tokens.ndim == 2 else tokens
+        lengths = np.asarray(lengths).reshape(tokens.shape[0], -1)
+        rows = tokens.shape[0]
+        return [
+            pb_utils.Tensor("OUTPUT", _strings([d.text for d in decoded], rows)),
+            pb_utils.Tensor("REASONING_OUTPUT", _strings([d.reasoning for d in decoded], rows)),
+            pb_utils.Tensor("ANSWER_OUTPUT", _strings([d.answer for d in decoded], rows)),
+            pb_utils.Tensor("OUTPUT_IDS", np.ascontiguousarray(tokens[:, 0, :], dtype=np.int32)),
+            pb_utils.Tensor("NUM_OUTPUT_TOKENS", np.ascontiguousarray(lengths[:, :1], dtype=np.int32)),
+        ]
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                decoded = decode_sequences(
-                    self.tokenizer,
-                    pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy(),
-                    pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy())
+                tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
+                lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
+                arrival = pb_utils.get_input_tensor_by_name(request, "ARRIVAL_TIME_NS")
+                if arrival is None:
+                    responses.append(pb_utils.InferenceResponse(output_tensors=self._whole_response(tokens, lengths)))
+                    continue
+                text, reasoning, answer, ids, count = self._stream_response(
+                    request, tokens.reshape(1, 1, -1) if tokens.ndim == 2 else tokens, lengths, arrival.as_numpy())
                 responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("OUTPUT", _strings(d.text for d in decoded)),
-                    pb_utils.Tensor("REASONING_OUTPUT", _strings(d.reasoning for d in decoded)),
-                    pb_utils.Tensor("ANSWER_OUTPUT", _strings(d.answer for d in decoded)),
+                    pb_utils.Tensor("OUTPUT", _strings([text])),
+                    pb_utils.Tensor("REASONING_OUTPUT", _strings([reasoning])),
+                    pb_utils.Tensor("ANSWER_OUTPUT", _strings([answer])),
+                    pb_utils.Tensor("OUTPUT_IDS", np.array(ids, dtype=np.int32).reshape(1, -1)),
+                    pb_utils.Tensor("NUM_OUTPUT_TOKENS", np.array([[count]], dtype=np.int32)),
                 ]))
             except SequenceError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))

@@ -4,7 +4,7 @@ import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
 from nemo_trt.model_facts import load_serving_facts
-from nemo_trt.serve.preprocess import PreprocessSettings, Preprocessor, RequestFields
+from nemo_trt.serve.preprocess import UNSUPPORTED_INPUTS, PreprocessSettings, Preprocessor, RequestFields
 from nemo_trt.serve.prompt import PromptError
 from nemo_trt.serve.triton_params import model_parameters, required, resolve_path
 
@@ -14,9 +14,10 @@ _SCALARS = {  # request field <- input tensor
     "end_id": "END_ID", "pad_id": "PAD_ID", "temperature": "TEMPERATURE", "top_p": "TOP_P", "top_k": "TOP_K",
     "stream": "STREAM", "exclude_input_in_output": "EXCLUDE_INPUT_IN_OUTPUT", "beam_width": "BEAM_WIDTH",
     "num_return_sequences": "NUM_RETURN_SEQUENCES", "min_tokens": "MIN_TOKENS", "min_length": "MIN_LENGTH",
+    "seed": "SEED", "random_seed": "RANDOM_SEED",
 }
-_UNSUPPORTED = {"return_log_probs": "RETURN_LOG_PROBS", "return_context_logits": "RETURN_CONTEXT_LOGITS",
-                "return_generation_logits": "RETURN_GENERATION_LOGITS", "return_perf_metrics": "RETURN_PERF_METRICS"}
+_UNSUPPORTED = {"return_context_logits": "RETURN_CONTEXT_LOGITS",
+                "return_generation_logits": "RETURN_GENERATION_LOGITS"}
 
 
 def _array(request, name):
@@ -55,6 +56,8 @@ class TritonPythonModel:
             array = _array(request, name)
             setattr(fields, field, [] if array is None else list(array))
         fields.unsupported_flags = {f: bool(_scalar(request, n)) for f, n in _UNSUPPORTED.items()}
+        fields.unsupported_inputs = [name for name in UNSUPPORTED_INPUTS
+                                     if pb_utils.get_input_tensor_by_name(request, name.upper()) is not None]
         return fields
 
     def execute(self, requests):
@@ -76,7 +79,11 @@ class TritonPythonModel:
                     "OUT_STREAM": np.array([[p.stream]], bool),
                     "OUT_EXCLUDE_INPUT_IN_OUTPUT": np.array([[True]], bool),
                     "OUT_MIN_TOKENS": np.array([[p.min_tokens]], np.int32),
+                    # Always: `arrival_time_ns` identifies the stream for postprocessing.
+                    "OUT_RETURN_PERF_METRICS": np.array([[True]], bool),
                 }
+                if p.seed is not None:  # else no OUT_SEED at all: tensorrt_llm keeps its own default
+                    out["OUT_SEED"] = np.array([[p.seed]], np.uint64)
                 tensors = [pb_utils.Tensor(name, value) for name, value in out.items()]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             except PromptError as exc:

