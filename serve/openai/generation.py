@@ -274,6 +274,8 @@ class Generation:
                 budget = None
         tail = self._stop.finish()
         yield self._process(tail, final=True)
+        if not outcome.prompt_tokens and hasattr(self.upstream, "prompt_tokens"):
+            outcome.prompt_tokens = await self.upstream.prompt_tokens(first) or 0
         cap = self._cap()
         if self._tools is not None and self._tools.calls:
             outcome.finish_reason = "tool_calls"

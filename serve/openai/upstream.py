@@ -97,13 +97,21 @@ class UpstreamRequest:
             number("return_log_probs", True, bool, "BOOL")
         return out
 
-    def outputs(self) -> list[str]:
+    def outputs(self, available: frozenset[str] = frozenset()) -> list[str]:
+        """What the gateway reads, of what the ensemble has (`num_input_tokens` is not in every
+        layout's stream: then preprocessing is asked, `TritonUpstream.prompt_tokens`)."""
         names = ["text_output", "num_output_tokens", "num_input_tokens"]
         if self.want_ids or self.return_log_probs:
             names.append("output_ids")
         if self.return_log_probs:
             names.append("output_log_probs")
-        return names
+        return [n for n in names if not available or n in available]
+
+    def preprocessing_tensors(self) -> list[tuple[str, str, np.ndarray]]:
+        """The `preprocessing` model's inputs for this request (to ask it for the prompt length)."""
+        names = {"messages": "MESSAGES", "reasoning": "REASONING", "tools": "TOOLS",
+                 "continue_final": "CONTINUE_FINAL", "max_tokens": "REQUEST_OUTPUT_LEN"}
+        return [(names[n], t, v) for n, t, v in self.tensors() if n in names]
 
 
 @dataclass(slots=True)
@@ -213,6 +221,7 @@ class TritonUpstream:
         self._clients = [grpcaio.InferenceServerClient(url) for _ in range(max(1, channels))]
         self._next = 0
         self._idle: list[_Stream] = []
+        self.outputs: frozenset[str] = frozenset()  # the ensemble's outputs, once known
 
     def _client(self):  # noqa: ANN202 - tritonclient has no type hints
         self._next = (self._next + 1) % len(self._clients)
@@ -252,6 +261,22 @@ class TritonUpstream:
         except Exception:  # noqa: BLE001
             return False
 
+    async def prompt_tokens(self, request: UpstreamRequest, timeout: float = 30.0) -> int | None:
+        """The prompt length preprocessing renders for `request` (one unary call)."""
+        import tritonclient.grpc as grpcclient
+
+        inputs = []
+        for name, datatype, value in request.preprocessing_tensors():
+            tensor = grpcclient.InferInput(name, list(value.shape), datatype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        try:
+            result = await self._client().infer(PREPROCESSING, inputs, client_timeout=timeout,
+                                                outputs=[grpcclient.InferRequestedOutput("REQUEST_INPUT_LEN")])
+            return int(result.as_numpy("REQUEST_INPUT_LEN").reshape(-1)[0])
+        except Exception:  # noqa: BLE001 - usage then lacks the prompt length, the answer stands
+            return None
+
     async def model_config(self, name: str, timeout: float = 5.0) -> dict[str, Any]:
         response = await self._clients[0].get_model_config(name, as_json=True, client_timeout=timeout)
         return response.get("config", response)
@@ -268,7 +293,7 @@ class TritonUpstream:
             tensor = grpcclient.InferInput(name, list(value.shape), datatype)
             tensor.set_data_from_numpy(value)
             inputs.append(tensor)
-        outputs = [grpcclient.InferRequestedOutput(name) for name in request.outputs()]
+        outputs = [grpcclient.InferRequestedOutput(name) for name in request.outputs(self.outputs)]
         body = {"model_name": self.model, "inputs": inputs, "outputs": outputs, "request_id": request.request_id}
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         stream = self._acquire()
@@ -390,4 +415,6 @@ async def load_deployment(upstream: TritonUpstream) -> Deployment:
         preprocessing: dict[str, Any] | None = await upstream.model_config(PREPROCESSING)
     except Exception:  # noqa: BLE001 - another ensemble layout: limits stay unknown
         preprocessing = None
-    return deployment_from_configs(ensemble, preprocessing)
+    deployment = deployment_from_configs(ensemble, preprocessing)
+    upstream.outputs = deployment.outputs
+    return deployment
