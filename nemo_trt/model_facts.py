@@ -1,4 +1,5 @@
-"""The model's serving facts (configs/models/<name>/serving.yaml): chat template, reasoning, stop ids."""
+"""The model's facts: serving (configs/models/<name>/serving.yaml: chat template, reasoning, stop ids)
+and accuracy evaluation (eval.yaml: the card's prompts and published scores)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -108,3 +109,47 @@ def load_serving_facts(name: str = DEFAULT_MODEL) -> ServingFacts:
     if not path.is_file():
         path = models_dir() / DEFAULT_MODEL / "serving.yaml"
     return ServingFacts.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+
+
+EvalTask = Literal["math", "mcq", "exact"]
+
+
+class CardScore(BaseModel):
+    """A published pass@1 (percent) per reasoning mode."""
+
+    task: EvalTask
+    on: float | None = None
+    off: float | None = None
+
+    def for_mode(self, reasoning: Reasoning) -> float | None:
+        return self.on if reasoning == "on" else self.off
+
+
+class EvalFacts(BaseModel):
+    card_version: str
+    max_sequence_length: int
+    card_runs: int
+    templates: dict[EvalTask, str]
+    card_scores: dict[str, CardScore]
+
+    def user_prompt(self, task: EvalTask, question: str, choices: list[str] | None = None) -> str:
+        """The user turn for one question, exactly as the card's template writes it."""
+        fields = {"question": question}
+        if task == "mcq":
+            if not choices or len(choices) != 4:
+                raise NemoTrtError(f"an mcq question needs exactly 4 choices, got {len(choices or [])}",
+                                   "give `choices` as a list of four answers (A-D) in the dataset line")
+            fields.update({f"option_{letter}": text for letter, text in zip("ABCD", choices, strict=True)})
+        # str.format would trip over the literal `\boxed{}`: substitute the named fields only
+        out = self.templates[task]
+        for key, value in fields.items():
+            out = out.replace("{" + key + "}", value)
+        return out
+
+
+@lru_cache(maxsize=8)
+def load_eval_facts(name: str = DEFAULT_MODEL) -> EvalFacts:
+    path = resolve_model(name) / "eval.yaml"
+    if not path.is_file():
+        path = models_dir() / DEFAULT_MODEL / "eval.yaml"
+    return EvalFacts.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
