@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -189,3 +191,30 @@ def tcp_states(port: int) -> dict[str, int]:
             if int(fields[1].rsplit(":", 1)[1], 16) == port:
                 counts[_TCP_STATES.get(fields[3], fields[3])] += 1
     return dict(counts)
+
+
+
+def requests_succeeded(metrics_url: str, model: str = "ensemble") -> int:
+    """Requests of `model` the server has finished without error and released (its success counter).
+
+    Triton counts a request when it releases it, so once the clients are done this reaches the
+    number of well-formed requests they sent, dropped ones included (those end normally in the
+    server), unless the server holds some forever (the leak of a cancelled ensemble:
+    model_repository/postprocessing/config.pbtxt). Failures are no use here: 2.51 counts a
+    failed ensemble request twice.
+    """
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    for match in re.finditer(r'^nv_inference_request_success\{([^}]*)\} (\S+)$', text, re.MULTILINE):
+        if f'model="{model}"' in match.group(1):
+            return int(float(match.group(2)))
+    return 0
+
+
+def wait_succeeded(metrics_url: str, expected: int, timeout_s: float = 60.0, model: str = "ensemble") -> int:
+    """Poll until `expected` requests of `model` succeeded (or `timeout_s` passes); the count seen."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = requests_succeeded(metrics_url, model)
+        if seen >= expected or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.5)

@@ -10,8 +10,10 @@ reasoning on and off, 10 % of them drop the connection mid-stream, 5 % are malfo
 Asserted: no client waits more than 10 s for a response (the hang this suite exists for),
 every finished request's text / reasoning / answer equal the script exactly (multi-byte
 characters split over tokens, `</think>` split over tokens), malformed requests get an
-error, no error in the server log, every Python stub's RSS at the end within 1.1x of its RSS
-after warm-up, and the server serving normally afterwards. Takes ~STRESS_SECONDS + 30 s.
+error, no error in the server log, every well-formed request (dropped ones too) finished and
+released by the server (Triton's ensemble success counter: a leaked ensemble request never is), the
+RSS of tritonserver and of every Python stub at the end within 1.1x of its RSS after warm-up,
+and the server serving normally afterwards. Takes ~STRESS_SECONDS + 30 s.
 The soak (10 min, 128 clients) is bench/soak_serving.py.
 """
 from __future__ import annotations
@@ -30,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import Load  # noqa: E402
-from stress_jobs import StressJobs, rss_kb, server_errors, stand_in_repository, stub_pids  # noqa: E402
+from stress_jobs import (StressJobs, requests_succeeded, rss_kb, server_errors, stand_in_repository,  # noqa: E402
+                         stub_pids, wait_succeeded)
 
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
 
@@ -65,6 +68,8 @@ def test_64_clients_at_full_speed(server):
                 response_timeout_s=10.0)
     pids = stub_pids(server.process.pid)
     assert len(pids) == 3  # preprocessing, tensorrt_llm, postprocessing
+    pids.append(server.process.pid)  # tritonserver itself: it holds the ensemble's requests
+    succeeded0 = requests_succeeded(server.metrics_url)
 
     rss: dict[str, dict[int, int]] = {}
 
@@ -74,6 +79,10 @@ def test_64_clients_at_full_speed(server):
     started = time.monotonic()
     records = load.run(["grpc"] * GRPC_CLIENTS + ["http"] * HTTP_CLIENTS, jobs.next_job, SECONDS,
                        on_tick=lambda now: sample("warm") if "warm" not in rss and now - started >= WARM_UP_S else None)
+    # Every well-formed request must end in the server too, dropped ones included: a cancelled
+    # ensemble whose request is never released leaks (model_repository/postprocessing/config.pbtxt).
+    well_formed = sum(not r.job.expect_error for r in records)
+    succeeded = wait_succeeded(server.metrics_url, succeeded0 + well_formed) - succeeded0
     sample("end")
     problems = [p for r in records for p in r.problems()]
     hung = [r for r in records if r.max_gap_s > 10.0 or (r.error and "hung" in r.error)]
@@ -85,13 +94,14 @@ def test_64_clients_at_full_speed(server):
           f"RSS warm {rss.get('warm')} end {rss['end']}")
     if hung or problems:  # keep the server log next to the test's output for the post-mortem
         print(f"server log: {server.log_file}")
+    assert succeeded == well_formed, f"the server finished {succeeded} of the {well_formed} well-formed requests sent"
     assert not hung, f"{len(hung)} clients waited > 10 s: {[(r.job.label, r.error) for r in hung[:5]]}"
     assert not problems, f"{len(problems)} wrong outcomes, first: {problems[:5]}"
     assert counts["disconnected"] > 0 and counts["malformed"] > 0 and counts["streamed"] > 0
     assert counts["non_streamed"] > 0 and counts["reasoning_off"] > 0 and len(finished) > 200
     assert "warm" in rss, "the run ended before the warm-up sample"
     for pid, kb in rss["end"].items():
-        assert kb <= 1.1 * rss["warm"][pid], f"stub {pid}: RSS {rss['warm'][pid]} kB after warm-up, {kb} kB at the end"
+        assert kb <= 1.1 * rss["warm"][pid], f"process {pid}: RSS {rss['warm'][pid]} kB after warm-up, {kb} kB at the end"
     errors = server_errors(server.log_file)
     assert not errors, f"errors in the server log: {errors[:5]}"
     # Still serving normally afterwards.
