@@ -20,7 +20,12 @@ tritonserver each, alternating pipelines run by run (interleaved, the machine is
    window; the client asks for `text_output` only, as a stock client does;
 2. per-request latency, non-streamed (`stream=false`, an 8-token answer) over the stream API,
    sequential, p50/p90, with a bare round trip (`echo`, a trivial Python model in the same
-   repository) as the floor: overhead = p50(pipeline) - p50(echo).
+   repository) as the floor: overhead = p50(pipeline) - p50(echo);
+3. dropped streams: 16 clients for 5 s whose every stream is dropped (gRPC stream cancelled)
+   after 5 of 200 tokens, then the ensemble requests the server still holds when it stops
+   (Triton's own count at exit). On Triton before core #466 a dynamic batcher after the
+   streaming step (the stock postprocessing) makes every such request leak
+   (model_repository/postprocessing/config.pbtxt says why).
 
 Ratios are nemo-trt / stock (tokens/s: >= 1 is better; latency: <= 1 is better).
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -175,6 +181,23 @@ def request_latency(server: TritonServer, requests: int, warmup: int) -> dict:
             "overhead_p50_ms": round(pct(pipeline, 0.5) - pct(echo, 0.5), 3)}
 
 
+def disconnects(server: TritonServer, script: str, clients: int, seconds: float) -> dict:
+    """Streams dropped by their clients after 5 tokens of 200, back to back; how many were sent.
+
+    What the server did with them is read from its log once it stops (`leaked`)."""
+    job = Job({"text_input": "SCRIPT:" + script, "max_tokens": 200, "stream": True}, outputs=("text_output",),
+              disconnect_after=5)
+    load = Load("ensemble", server.grpc_url, response_timeout_s=30.0)
+    records = load.run(["grpc"] * clients, lambda client: job, seconds)
+    return {"dropped": sum(r.disconnected for r in records)}
+
+
+def leaked_requests(log_file: Path) -> int:
+    """Ensemble requests still in flight when the server stopped (Triton's own count at exit)."""
+    match = re.search(r"Model 'ensemble' \(version \d+\) has (\d+) in-flight", log_file.read_text(errors="replace"))
+    return int(match.group(1)) if match else 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -196,11 +219,15 @@ def run(mirror: Path, rounds: int, window_s: float, windows: int, streams: list[
                     for n in streams:
                         result[f"streams_{n}"] = tokens_per_second(server, n, script, 200, window_s, windows)
                     result["latency"] = request_latency(server, requests, 20)
+                    result["disconnects"] = disconnects(server, script, 16, 5.0)
                     runs[name].append(result)
                     log(f"round {i} {name}: " + ", ".join(
                         f"{n} streams {result[f'streams_{n}']['tokens_per_s']:.0f} tok/s" for n in streams)
                         + f", non-streamed p50 {result['latency']['p50_ms']:.2f} ms"
-                          f" (echo {result['latency']['echo_p50_ms']:.2f})")
+                          f" (echo {result['latency']['echo_p50_ms']:.2f}), load {result['load_average']:.1f}")
+                result["disconnects"]["leaked"] = leaked_requests(work / f"{name}-{i}.log")  # the server has stopped
+                log(f"round {i} {name}: {result['disconnects']['dropped']} streams dropped mid-way, "
+                    f"{result['disconnects']['leaked']} ensemble requests never released")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -221,9 +248,12 @@ def run(mirror: Path, rounds: int, window_s: float, windows: int, streams: list[
         o, s = median("ours", "latency", key), median("stock", "latency", key)
         summary[f"non_streamed_{key}"] = {"ours": o, "stock": s, "ratio": round(o / s, 3) if s else None}
     hung = {name: sum(r[f"streams_{n}"]["hung"] for r in runs[name] for n in streams) for name in runs}
+    leaks = {name: {"dropped": sum(r["disconnects"]["dropped"] for r in runs[name]),
+                    "never_released": sum(r["disconnects"]["leaked"] for r in runs[name])} for name in runs}
     return {"benchmark": "bench/bench_serving_stock.py", "stock": f"tensorrtllm_backend {STOCK_COMMIT} {STOCK_DIR}",
             "stand_in": "tests/fixtures/scripted_llm engine mode, 0 s between tokens", "rounds": rounds,
             "window_s": window_s, "windows": windows, "answer_tokens": 200, "summary": summary, "hung": hung,
+            "dropped_streams": leaks, "load_average": {name: [r["load_average"] for r in runs[name]] for name in runs},
             "runs": runs}
 
 
@@ -245,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in result["summary"].items():
         print(f"{key:32s} ours {value['ours']:>10}  stock {value['stock']:>10}  ratio {value['ratio']}")
     print(f"hung clients: {result['hung']}")
+    print(f"streams dropped mid-way / ensemble requests never released: {result['dropped_streams']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")

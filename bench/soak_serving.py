@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disconnect-rate", type=float, default=0.10, help="share of streams dropped mid-way")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--sample-s", type=float, default=60.0, help="seconds between resource samples")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra tritonserver argument (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (repository, server log)")
     parser.add_argument("--dump-dir", type=Path, help="write py-spy stacks of the server and stubs at the first stall")
     args = parser.parse_args(argv)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes: list[dict] = []
     try:
         with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
-                          startup_timeout=180) as server:
+                          startup_timeout=180, extra_args=args.server_arg) as server:
             pids = stub_pids(server.process.pid) + [server.process.pid]  # tritonserver holds the ensemble's requests
             succeeded0 = requests_succeeded(server.metrics_url)
             load = Load("ensemble", server.grpc_url, server.http_url.split("://", 1)[-1], window_s=60.0,
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 minute = int((now - start) // args.sample_s)
                 if minute > len(minutes):  # once per completed sample period
                     records = [r for c in load.clients for r in c.records]
-                    waiting = [r for r in records if not r.end and now - (r.last or r.start) > 10.0]
+                    waiting = [r for r in records if not r.end and now - (r.last or r.start) > 5.0]
                     sample = {
                         "minute": round((now - start) / 60, 2), "rss_kb": {pid: rss_kb(pid) for pid in pids},
                         "load_average": os.getloadavg()[0], "server": process_resources(server.process.pid),
@@ -97,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                         "requests": {p: sum(r.protocol == p for r in records) for p in ("grpc", "http")},
                         "hung": {p: sum(r.protocol == p and (r.max_gap_s > 10.0 or "hung" in (r.error or ""))
                                         for r in records) for p in ("grpc", "http")},
-                        "waiting_over_10s_now": {p: sum(r.protocol == p for r in waiting) for p in ("grpc", "http")},
+                        "waiting_over_5s_now": {p: sum(r.protocol == p for r in waiting) for p in ("grpc", "http")},
                     }
                     minutes.append(sample)
                     print(f"t={sample['minute']} min: load {sample['load_average']:.1f}, server {sample['server']}, "
                           f"http sockets {sample['http_sockets']}, requests {sample['requests']}, "
-                          f"hung {sample['hung']}, waiting now {sample['waiting_over_10s_now']}, "
+                          f"hung {sample['hung']}, waiting now {sample['waiting_over_5s_now']}, "
                           f"stub RSS {sample['rss_kb']}", file=sys.stderr)
                     if waiting and args.dump_dir is not None and not any(args.dump_dir.glob("stall-*")):
                         dump_stacks(server.process.pid, pids, args.dump_dir / f"stall-{int(now - start)}s.txt")

@@ -50,6 +50,12 @@ _HARMLESS = ("CudaDriverHelper", "pinned system memory", "unable to create strea
              "GPU metrics")
 
 
+# A crash: Triton's signal handler line, glibc's heap checks (a corrupted heap aborts the
+# server, whose handler can then deadlock in malloc: the server hangs instead of exiting).
+_FATAL = re.compile(r"^Signal \((?!15\))\d+\) received|^(malloc|free|realloc|double free|corrupted)\b.*|"
+                    r"^munmap_chunk\(\)")
+
+
 def stand_in_repository(work: Path, tokenizer_dir: Path, max_batch_size: int, max_input_len: int = 1024,
                         max_seq_len: int = 4096) -> Path:
     """The real writer's repository with the test-only scripted stand-in in the `tensorrt_llm` slot."""
@@ -159,7 +165,8 @@ def server_errors(log_file: str | os.PathLike | None) -> list[str]:
     if not log_file or not Path(log_file).is_file():
         return []
     lines = Path(log_file).read_text(errors="replace").splitlines()
-    return [line for line in lines if re.match(r"^E\d{4} ", line) and not any(h in line for h in _HARMLESS)]
+    return [line for line in lines if (re.match(r"^E\d{4} ", line) and not any(h in line for h in _HARMLESS))
+            or _FATAL.search(line)]
 
 
 def process_resources(pid: int) -> dict[str, int]:

@@ -32,12 +32,25 @@ class TritonPythonModel:
         self.streams = StreamTable(self.tokenizer, int(params.get("stream_capacity") or DEFAULT_STREAM_CAPACITY))
 
     def _stream_response(self, request, tokens, lengths, arrival):
+        """One token response of a stream -> its output tensors.
+
+        Per token, so kept lean: REASONING_OUTPUT / ANSWER_OUTPUT only when they grow (Triton
+        >= 2.51 lets an ensemble response miss an output; clients read a missing text as ''),
+        which spares one tensor on almost every token (the two never grow at once). OUTPUT
+        (the stock contract's) is always there."""
+        if tokens.ndim == 2:
+            tokens = tokens.reshape(1, 1, -1)
         if tokens.shape[0] != 1 or tokens.shape[1] != 1:
             raise SequenceError(f"a streamed response must hold one sequence (batch 1, beam 1), got TOKENS_BATCH "
                                 f"shape {list(tokens.shape)}")
-        ids = tokens[0, 0, :int(lengths.reshape(-1)[0])].tolist()
-        delta = self.streams.feed((request.request_id(), int(arrival.reshape(-1)[0])), ids)
-        return (delta.text, delta.reasoning, delta.answer, ids, delta.num_output_tokens)
+        ids = tokens[0, 0, :int(lengths.reshape(-1)[0])]
+        delta = self.streams.feed((request.request_id(), int(arrival.reshape(-1)[0])), ids.tolist())
+        outputs = [pb_utils.Tensor("OUTPUT", _strings([delta.text]))]
+        outputs += [pb_utils.Tensor(name, _strings([value])) for name, value in (
+            ("REASONING_OUTPUT", delta.reasoning), ("ANSWER_OUTPUT", delta.answer)) if value]
+        outputs.append(pb_utils.Tensor("OUTPUT_IDS", ids.astype(np.int32, copy=False).reshape(1, -1)))
+        outputs.append(pb_utils.Tensor("NUM_OUTPUT_TOKENS", np.array([[delta.num_output_tokens]], dtype=np.int32)))
+        return outputs
 
     def _whole_response(self, tokens, lengths):
         """Stock contract: batch·beams strings per output, [batch, beams]; ids and counts of beam 0."""
@@ -58,21 +71,13 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                tokens = pb_utils.get_input_tensor_by_name(request, "TOKENS_BATCH").as_numpy()
-                lengths = pb_utils.get_input_tensor_by_name(request, "SEQUENCE_LENGTH").as_numpy()
-                arrival = pb_utils.get_input_tensor_by_name(request, "ARRIVAL_TIME_NS")
-                if arrival is None:
-                    responses.append(pb_utils.InferenceResponse(output_tensors=self._whole_response(tokens, lengths)))
-                    continue
-                text, reasoning, answer, ids, count = self._stream_response(
-                    request, tokens.reshape(1, 1, -1) if tokens.ndim == 2 else tokens, lengths, arrival.as_numpy())
-                responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor("OUTPUT", _strings([text])),
-                    pb_utils.Tensor("REASONING_OUTPUT", _strings([reasoning])),
-                    pb_utils.Tensor("ANSWER_OUTPUT", _strings([answer])),
-                    pb_utils.Tensor("OUTPUT_IDS", np.array(ids, dtype=np.int32).reshape(1, -1)),
-                    pb_utils.Tensor("NUM_OUTPUT_TOKENS", np.array([[count]], dtype=np.int32)),
-                ]))
+                inputs = {tensor.name(): tensor for tensor in request.inputs()}
+                tokens = inputs["TOKENS_BATCH"].as_numpy()
+                lengths = inputs["SEQUENCE_LENGTH"].as_numpy()
+                arrival = inputs.get("ARRIVAL_TIME_NS")
+                outputs = (self._whole_response(tokens, lengths) if arrival is None
+                           else self._stream_response(request, tokens, lengths, arrival.as_numpy()))
+                responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except SequenceError as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
             except Exception as exc:  # noqa: BLE001 - a bad request must not take the model down
