@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-share", type=float, default=0.375, help="share of HTTP clients (default 0.375)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--disconnect-rate", type=float, default=0.10, help="share of streams dropped mid-way")
+    parser.add_argument("--disconnect-protocols", default="grpc,http",
+                        help="whose clients drop streams (default grpc,http; tritonserver 2.51's gRPC frontend "
+                             "corrupts its heap under sustained stream cancellations: soak_serving.md)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--sample-s", type=float, default=60.0, help="seconds between resource samples")
     parser.add_argument("--server-arg", action="append", default=[], help="extra tritonserver argument (repeatable)")
@@ -66,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dump-dir", type=Path, help="write py-spy stacks of the server and stubs at the first stall")
     args = parser.parse_args(argv)
 
+    load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="soak-serving-"))
     repo = stand_in_repository(work, TOKENIZER_DIR, max_batch_size=128)
     os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = "0"
     os.environ["NEMO_TRT_SCRIPTED_SENDER"] = "engine"
     http = int(round(args.clients * args.http_share))
     protocols = ["grpc"] * (args.clients - http) + ["http"] * http
-    jobs = StressJobs(TOKENIZER_DIR / "tokenizer.json", seed=args.seed, disconnect_rate=args.disconnect_rate)
+    jobs = StressJobs(TOKENIZER_DIR / "tokenizer.json", seed=args.seed, disconnect_rate=args.disconnect_rate,
+                      disconnect_protocols=tuple(args.disconnect_protocols.split(",")))
     minutes: list[dict] = []
     try:
         with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
@@ -131,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     tokens_per_minute = [round(w / 60.0, 1) for w in load.windows]
     result = {
         "benchmark": "bench/soak_serving.py", "minutes": args.minutes, "clients": args.clients,
+        "disconnect_rate": args.disconnect_rate, "disconnect_protocols": args.disconnect_protocols,
+        "server_args": args.server_arg, "load_average_start": load_start,
         "grpc_clients": len(protocols) - http, "http_clients": http, "requests": len(records),
         "counts": dict(counts), "tokens_per_s_by_minute": tokens_per_minute,
         "longest_wait_s": round(longest, 3), "wrong_outcomes": len(problems), "first_problems": problems[:5],

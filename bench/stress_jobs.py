@@ -71,11 +71,12 @@ def stand_in_repository(work: Path, tokenizer_dir: Path, max_batch_size: int, ma
 
 class StressJobs:
     def __init__(self, tokenizer_json: Path, seed: int = 0, disconnect_rate: float = 0.10,
-                 malformed_rate: float = 0.05):
+                 malformed_rate: float = 0.05, disconnect_protocols: tuple[str, ...] = ("grpc", "http")):
         self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
         self.random = random.Random(seed)
         self.disconnect_rate = disconnect_rate
         self.malformed_rate = malformed_rate
+        self.disconnect_protocols = disconnect_protocols
         self.scripts = []  # (text, reasoning on?, tokens)
         for answer in ANSWERS:
             self.scripts.append((answer, False, self._count(answer)))
@@ -110,7 +111,9 @@ class StressJobs:
         max_tokens = n if self.random.random() < 0.5 else n + 32
         kind = "streamed" if stream else "non_streamed"
         job = self._job(text, reasoning, max_tokens, stream, f"{kind}:{'on' if reasoning else 'off'}:{max_tokens}")
-        if stream and r < self.malformed_rate + self.disconnect_rate:
+        protocol = getattr(client, "protocol", None)
+        drops = protocol is None or protocol in self.disconnect_protocols
+        if stream and drops and r < self.malformed_rate + self.disconnect_rate:
             job.disconnect_after = self.random.randint(1, max(1, n // 2))
             job.expected = None
             job.label = "disconnect:" + job.label

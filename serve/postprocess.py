@@ -5,9 +5,9 @@ One `TextStream` per generation. In streaming, each response of the decoupled
 characters, a `</think>` split over tokens) need state that lives for the whole stream.
 
 The ensemble is the stock TensorRT-LLM layout (preprocessing -> tensorrt_llm ->
-postprocessing), so the `postprocessing` step sees one request per token response,
-batched across streams. Triton gives that step no identity of its own (its request id,
-correlation id and parameters are the client's, which need not be unique, and an
+postprocessing), so the `postprocessing` step sees one request per token response.
+Triton gives that step no identity of its own (its request id, correlation id and
+parameters are the client's, which need not be unique, and an
 ensemble step behind a decoupled model may only read tensors that model produced), so
 the stream is identified by what the backend itself returns: `arrival_time_ns`, the
 executor's per-request arrival time, which preprocessing makes every request return

@@ -80,8 +80,7 @@ def _call(server, **fields):
 
 
 def _texts(outputs, name):
-    """The text deltas of `name`; a streamed response leaves out a reasoning/answer delta that is empty."""
-    return [o[name].reshape(-1)[0].decode() if name in o else "" for o in outputs]
+    return [o[name].reshape(-1)[0].decode() for o in outputs]
 
 
 def _params(server, **fields):

@@ -1,7 +1,7 @@
 """Triton Python model `postprocessing`: tensorrt_llm token responses -> text deltas.
 
 The ensemble's last step (stock layout: preprocessing -> tensorrt_llm -> postprocessing),
-batched across streams by Triton's dynamic batcher like the stock model. With
+without the stock model's dynamic batcher (config.pbtxt says why). With
 `ARRIVAL_TIME_NS` (the ensemble maps tensorrt_llm's `arrival_time_ns`, which every
 request returns) each request is one token response of a stream, keyed by
 (request id, arrival time) in a nemo_trt.serve.postprocess.StreamTable: incremental
@@ -32,12 +32,7 @@ class TritonPythonModel:
         self.streams = StreamTable(self.tokenizer, int(params.get("stream_capacity") or DEFAULT_STREAM_CAPACITY))
 
     def _stream_response(self, request, tokens, lengths, arrival):
-        """One token response of a stream -> its output tensors.
-
-        Per token, so kept lean: REASONING_OUTPUT / ANSWER_OUTPUT only when they grow (Triton
-        >= 2.51 lets an ensemble response miss an output; clients read a missing text as ''),
-        which spares one tensor on almost every token (the two never grow at once). OUTPUT
-        (the stock contract's) is always there."""
+        """One token response of a stream -> its output tensors (every output, empty or not)."""
         if tokens.ndim == 2:
             tokens = tokens.reshape(1, 1, -1)
         if tokens.shape[0] != 1 or tokens.shape[1] != 1:
@@ -45,12 +40,13 @@ class TritonPythonModel:
                                 f"shape {list(tokens.shape)}")
         ids = tokens[0, 0, :int(lengths.reshape(-1)[0])]
         delta = self.streams.feed((request.request_id(), int(arrival.reshape(-1)[0])), ids.tolist())
-        outputs = [pb_utils.Tensor("OUTPUT", _strings([delta.text]))]
-        outputs += [pb_utils.Tensor(name, _strings([value])) for name, value in (
-            ("REASONING_OUTPUT", delta.reasoning), ("ANSWER_OUTPUT", delta.answer)) if value]
-        outputs.append(pb_utils.Tensor("OUTPUT_IDS", ids.astype(np.int32, copy=False).reshape(1, -1)))
-        outputs.append(pb_utils.Tensor("NUM_OUTPUT_TOKENS", np.array([[delta.num_output_tokens]], dtype=np.int32)))
-        return outputs
+        return [
+            pb_utils.Tensor("OUTPUT", _strings([delta.text])),
+            pb_utils.Tensor("REASONING_OUTPUT", _strings([delta.reasoning])),
+            pb_utils.Tensor("ANSWER_OUTPUT", _strings([delta.answer])),
+            pb_utils.Tensor("OUTPUT_IDS", ids.astype(np.int32, copy=False).reshape(1, -1)),
+            pb_utils.Tensor("NUM_OUTPUT_TOKENS", np.array([[delta.num_output_tokens]], dtype=np.int32)),
+        ]
 
     def _whole_response(self, tokens, lengths):
         """Stock contract: batch·beams strings per output, [batch, beams]; ids and counts of beam 0."""
