@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-share", type=float, default=0.375, help="share of HTTP clients (default 0.375)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--disconnect-rate", type=float, default=0.10, help="share of streams dropped mid-way")
+    parser.add_argument("--malformed-rate", type=float, default=0.05, help="share of malformed requests")
     parser.add_argument("--disconnect-protocols", default="grpc,http",
                         help="whose clients drop streams (default grpc,http; tritonserver 2.51's gRPC frontend "
                              "corrupts its heap under sustained stream cancellations: soak_serving.md)")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     http = int(round(args.clients * args.http_share))
     protocols = ["grpc"] * (args.clients - http) + ["http"] * http
     jobs = StressJobs(TOKENIZER_DIR / "tokenizer.json", seed=args.seed, disconnect_rate=args.disconnect_rate,
-                      disconnect_protocols=tuple(args.disconnect_protocols.split(",")))
+                      malformed_rate=args.malformed_rate, disconnect_protocols=tuple(args.disconnect_protocols.split(",")))
     minutes: list[dict] = []
     try:
         with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens_per_minute = [round(w / 60.0, 1) for w in load.windows]
     result = {
         "benchmark": "bench/soak_serving.py", "minutes": args.minutes, "clients": args.clients,
-        "disconnect_rate": args.disconnect_rate, "disconnect_protocols": args.disconnect_protocols,
+        "disconnect_rate": args.disconnect_rate, "malformed_rate": args.malformed_rate, "disconnect_protocols": args.disconnect_protocols,
         "server_args": args.server_arg, "load_average_start": load_start,
         "grpc_clients": len(protocols) - http, "http_clients": http, "requests": len(records),
         "counts": dict(counts), "tokens_per_s_by_minute": tokens_per_minute,
