@@ -78,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     http = int(round(args.clients * args.http_share))
     protocols = ["grpc"] * (args.clients - http) + ["http"] * http
     jobs = StressJobs(TOKENIZER_DIR / "tokenizer.json", seed=args.seed, disconnect_rate=args.disconnect_rate,
-                      malformed_rate=args.malformed_rate, disconnect_protocols=tuple(args.disconnect_protocols.split(",")))
+                      malformed_rate=args.malformed_rate,
+                      disconnect_protocols=tuple(args.disconnect_protocols.split(",")))
     minutes: list[dict] = []
     try:
         with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
                           startup_timeout=180, extra_args=args.server_arg) as server:
-            pids = stub_pids(server.process.pid) + [server.process.pid]  # tritonserver holds the ensemble's requests
+            server_pid = server.process.pid
+            pids = stub_pids(server_pid) + [server_pid]  # tritonserver holds the ensemble's requests
             succeeded0 = requests_succeeded(server.metrics_url)
             load = Load("ensemble", server.grpc_url, server.http_url.split("://", 1)[-1], window_s=60.0,
                         response_timeout_s=10.0)
@@ -137,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     tokens_per_minute = [round(w / 60.0, 1) for w in load.windows]
     result = {
         "benchmark": "bench/soak_serving.py", "minutes": args.minutes, "clients": args.clients,
-        "disconnect_rate": args.disconnect_rate, "malformed_rate": args.malformed_rate, "disconnect_protocols": args.disconnect_protocols,
+        "disconnect_rate": args.disconnect_rate, "malformed_rate": args.malformed_rate,
+        "disconnect_protocols": args.disconnect_protocols,
         "server_args": args.server_arg, "load_average_start": load_start,
         "grpc_clients": len(protocols) - http, "http_clients": http, "requests": len(records),
         "counts": dict(counts), "tokens_per_s_by_minute": tokens_per_minute,
         "longest_wait_s": round(longest, 3), "wrong_outcomes": len(problems), "first_problems": problems[:5],
         "server_log_errors": errors[:5], "rss_kb_first_minute": first, "rss_kb_end": end_rss,
-        "rss_flat": rss_ok, "serving_afterwards": after_ok, "server_pid": server.process.pid,
+        "rss_flat": rss_ok, "serving_afterwards": after_ok, "server_pid": server_pid,
         "hung_by_protocol": {p: sum(r.protocol == p and (r.max_gap_s > 10.0 or "hung" in (r.error or ""))
                                     for r in records) for p in ("grpc", "http")},
         "well_formed_requests": well_formed, "finished_in_server": succeeded,
