@@ -224,7 +224,10 @@ def wait_succeeded(metrics_url: str, expected: int, timeout_s: float = 60.0, mod
     """Poll until `expected` requests of `model` succeeded (or `timeout_s` passes); the count seen."""
     deadline = time.monotonic() + timeout_s
     while True:
-        seen = requests_succeeded(metrics_url, model)
+        try:
+            seen = requests_succeeded(metrics_url, model)
+        except OSError:  # the server is gone (a crash: its log says why)
+            return -1
         if seen >= expected or time.monotonic() > deadline:
             return seen
         time.sleep(0.5)

@@ -82,7 +82,8 @@ def test_64_clients_at_full_speed(server):
     # Every well-formed request must end in the server too, dropped ones included: a cancelled
     # ensemble whose request is never released leaks (model_repository/postprocessing/config.pbtxt).
     well_formed = sum(not r.job.expect_error for r in records)
-    succeeded = wait_succeeded(server.metrics_url, succeeded0 + well_formed) - succeeded0
+    succeeded = wait_succeeded(server.metrics_url, succeeded0 + well_formed)
+    succeeded = succeeded - succeeded0 if succeeded >= 0 else succeeded
     sample("end")
     problems = [p for r in records for p in r.problems()]
     hung = [r for r in records if r.max_gap_s > 10.0 or (r.error and "hung" in r.error)]
@@ -94,6 +95,7 @@ def test_64_clients_at_full_speed(server):
           f"RSS warm {rss.get('warm')} end {rss['end']}")
     if hung or problems:  # keep the server log next to the test's output for the post-mortem
         print(f"server log: {server.log_file}")
+    assert succeeded >= 0, f"the server died: {server_errors(server.log_file)[:5]}"
     assert succeeded == well_formed, f"the server finished {succeeded} of the {well_formed} well-formed requests sent"
     assert not hung, f"{len(hung)} clients waited > 10 s: {[(r.job.label, r.error) for r in hung[:5]]}"
     assert not problems, f"{len(problems)} wrong outcomes, first: {problems[:5]}"
