@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_serving_overhead import ECHO_CONFIG, ECHO_MODEL, Stream  # noqa: E402
 from loadgen import Job, Load  # noqa: E402
-from stress_jobs import STAND_IN, stand_in_repository  # noqa: E402
+from stress_jobs import STAND_IN, requests_succeeded, stand_in_repository  # noqa: E402
 
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
 
@@ -189,6 +189,17 @@ def disconnects(server: TritonServer, script: str, clients: int, seconds: float)
               disconnect_after=5)
     load = Load("ensemble", server.grpc_url, response_timeout_s=30.0)
     records = load.run(["grpc"] * clients, lambda client: job, seconds)
+    # Dropped streams go on generating inside the server (a cancellation does not reach a
+    # running tensorrt_llm step) and postprocessing may still be working through their tokens:
+    # let the server settle (its ensemble success count still for 5 s) before it is stopped.
+    settled, last, since = time.monotonic() + 120, -1, time.monotonic()
+    while time.monotonic() < settled:
+        done = requests_succeeded(server.metrics_url)
+        if done != last:
+            last, since = done, time.monotonic()
+        elif time.monotonic() - since >= 5.0:
+            break
+        time.sleep(0.5)
     return {"dropped": sum(r.disconnected for r in records)}
 
 
