@@ -44,11 +44,10 @@ def math_equal(gold: str, predicted: str) -> bool:
     gold_parsed = _parse(_wrap(gold))
     if not gold_parsed:
         return False
-    for candidate in (_wrap(predicted), predicted):
-        parsed = _parse(candidate)
-        if parsed and verify(gold_parsed, parsed, timeout_seconds=_timeouts()):
-            return True
-    return False
+    # Unwrapped only when the wrapped text does not parse: unwrapped, math-verify hunts for any
+    # number in the text (`\\{49, 70\\}` would match gold 70).
+    parsed = _parse(_wrap(predicted)) or _parse(predicted)
+    return bool(parsed) and bool(verify(gold_parsed, parsed, timeout_seconds=_timeouts()))
 
 
 def _wrap(text: str) -> str:
