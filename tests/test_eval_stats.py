@@ -91,7 +91,7 @@ def test_power_samples_for_aime():
     note = stats.power_note(n=30, k=1, sigma2=0.1, drop=0.05)
     assert note.samples_needed == 17  # the reference's AIME25 example
     assert "K=17" in note.sentence(30, 1)
-    hopeless = stats.power_note(n=30, k=1, sigma2=0.1, drop=0.05, omega2=0.01)
+    hopeless = stats.power_note(n=30, k=1, sigma2=0.1, drop=0.05, omega2=0.02)
     assert hopeless.samples_needed is None and "no K suffices" in hopeless.sentence(30, 1)
 
 
