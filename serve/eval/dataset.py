@@ -30,7 +30,7 @@ class Dataset:
 
 
 def _bad(path: Path, line: int, problem: str, fix: str) -> NemoTrtError:
-    return NemoTrtError(f"{path}:{line}: {problem}", fix)
+    return NemoTrtError(f"{path}, line {line}: {problem}", fix)
 
 
 def _answer_text(value, path: Path, line: int) -> str:
