@@ -52,8 +52,7 @@ from nemo_trt.errors import NemoTrtError
               help="Summary [default: eval-<dataset>-reasoning-<mode>.json]; per-question report beside it "
                    "as RESULT.questions.json.")
 @click.option("--journal", type=click.Path(dir_okay=False), default=None, metavar="FILE.jsonl",
-              help="Sample cache for resuming [default: RESULT.journal.jsonl].")
-@click.option("--fresh", is_flag=True, help="Ignore samples already in the journal (they stay in the file).")
+              help="Sample cache for resuming [default: RESULT.journal.jsonl]; delete it to start over.")
 @click.option("--junit", type=click.Path(dir_okay=False), default=None, metavar="J.xml", help="Write JUnit XML.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=3600.0, show_default=True, metavar="SECONDS",
@@ -61,7 +60,7 @@ from nemo_trt.errors import NemoTrtError
 @click.option("--model", "served_model", default=None, metavar="NAME",
               help="--protocol openai: the served model name [default: the first of /v1/models].")
 def command(dataset_path, task, reasoning, samples, url, protocol, concurrency, max_tokens, temperature, top_p, seed,
-            benchmark, expect, baseline, tolerance, alpha, detect_drop, out, journal, fresh, junit, as_json, timeout,
+            benchmark, expect, baseline, tolerance, alpha, detect_drop, out, journal, junit, as_json, timeout,
             served_model):
     """Accuracy of a running deployment on a benchmark, against the model card or a baseline run.
 
@@ -133,8 +132,6 @@ def command(dataset_path, task, reasoning, samples, url, protocol, concurrency, 
     key = run_key(dataset=dataset.sha256, server=server, task=task, template=facts.templates[task],
                   reasoning=reasoning, system=sampling.system_prompt, max_tokens=sampling.max_tokens,
                   temperature=sampling.temperature, top_p=settings["top_p"], seed=seed)
-    if fresh:
-        key = run_key(previous=key, fresh=time.time_ns())
     out = Path(out or f"eval-{Path(dataset_path).stem}-reasoning-{reasoning}.json")
     book = Journal(journal or out.with_name(out.stem + ".journal.jsonl"))
 
@@ -154,14 +151,15 @@ def command(dataset_path, task, reasoning, samples, url, protocol, concurrency, 
     elif baseline_data is not None:
         comparison = compare.against_baseline(questions, baseline_data, baseline, settings, dataset.sha256, alpha,
                                               tolerance)
-    note = stats.power_note(len(questions), samples, max(summary.within_question_variance, 0.01),
+    # A set answered all right (or all wrong) shows no variance: assume a 1-in-10 miss rate (p(1-p) = 0.09).
+    note = stats.power_note(len(questions), samples, summary.within_question_variance or 0.09,
                             detect_drop / 100, alpha)
     result = report.EvalResult(
         nemo_trt_version=__version__,
         dataset=report.DatasetRef(path=str(dataset_path), sha256=dataset.sha256, task=task,
                                   questions=len(questions), benchmark=benchmark),
         server=server, settings=settings, score=summary, comparison=comparison,
-        power=report.Power(drop_points=detect_drop, alpha=alpha, power=note.power,
+        power=report.Power(drop_points=detect_drop, alpha=alpha, power=note.power, assumed_variance=note.sigma2,
                            samples_needed=note.samples_needed, questions_needed=note.questions_needed,
                            sentence=note.sentence(len(questions), samples)),
         wall_s=round(wall, 3), resumed_samples=listener.resumed, questions=report.compact(questions))

@@ -31,6 +31,7 @@ class Power(BaseModel):
     drop_points: float
     alpha: float
     power: float
+    assumed_variance: float  # mean per-question sampling variance the sizes assume
     samples_needed: int | None  # K at this question count
     questions_needed: int  # at this K
     sentence: str
