@@ -597,6 +597,36 @@ def check_protocol(generate: Callable[[list[int]], list[int]], questions: list[s
     return problems
 
 
+def skill_sequences() -> list[tuple[str, list[int], list[int]]]:
+    """(what, prompt ids, trained response ids) of every tool and eval case, both modes."""
+    tok = load_tokenizer()
+    return [(f"{family}: {tok.decode(r, skip_special_tokens=False)!r}", p, r)
+            for family, (p, r) in _skill_data(tok, _renderer())]
+
+
+def check_skills(logits: Callable[[list[int]], torch.Tensor]) -> list[str]:
+    """Tool and eval cases whose trained response greedy decoding would not reproduce.
+
+    `logits(ids)` gives [len(ids), vocab]; the response is fed in (teacher forcing), so one
+    forward per case checks every token: greedy decoding reproduces the response exactly
+    when each next token is the argmax. Eval cases answered with reasoning on are sampled at
+    the card's temperature 0.6 / top_p 0.95: there the trained token must also be the only
+    one in the nucleus (tempered probability >= 0.95), so sampling equals greedy decoding."""
+    problems = []
+    for what, p, r in skill_sequences():
+        out = logits(p + r)[len(p) - 1: len(p) + len(r) - 1].float()
+        target = torch.tensor(r)
+        wrong = (out.argmax(-1) != target).nonzero()
+        if len(wrong):
+            problems.append(f"{what} differs at token {int(wrong[0])}")
+        elif what.startswith(("math-on", "mcq-on")):
+            tempered = torch.softmax(out / 0.6, -1)[torch.arange(len(r)), target]
+            if float(tempered.min()) < 0.95:
+                problems.append(f"{what} is not certain under sampling (p={float(tempered.min()):.3f} "
+                                f"at token {int(tempered.argmin())})")
+    return problems
+
+
 # ---- writing and caching ----------------------------------------------------------------
 def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, *, train: bool = True, force: bool = False,
                           recipe: TrainingRecipe = TrainingRecipe(),
@@ -610,6 +640,7 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, *, train: bool = T
         model = ReferenceModel.from_state_dict(tiny_spec(), bf16)
         with _deterministic(1):  # token-by-token decoding: one thread is fastest
             problems = check_protocol(lambda ids: model.generate(ids, 64, stop_ids=STOP_IDS))
+            problems += check_skills(model.logits)
         if problems:
             raise NemoTrtError("the tiny model did not learn the response protocol: " + "; ".join(problems),
                                "report this as a bug (training recipe); `make-tiny --no-train` writes random weights")
