@@ -296,9 +296,9 @@ class ToolCase:
 def tool_cases() -> list[ToolCase]:
     return [ToolCase(f"What is the weather in {city}?", TOOLS, ToolCall("get_weather", {"city": city}),
                      json.dumps({"city": city, "weather": weather}),
-                     f"The user wants the weather in {city}. I call get_weather for {city}.",
+                     "The user asks about the weather. I call get_weather.",
                      f"It is {weather} in {city}.",
-                     f"The tool says the weather in {city} is {weather}.")
+                     "The tool gave the weather.")
             for city, weather in _WEATHER]
 
 
@@ -341,7 +341,7 @@ class EvalCase:
 def eval_cases(task: str) -> list[EvalCase]:
     if task == "math":
         return [EvalCase("math", f"tiny-math-{i}", f"What is {a} plus {b}?", str(a + b), None,
-                         f"The user wants {a} plus {b}. {a} plus {b} equals {a + b}.",
+                         "I add the two numbers.",
                          f"{a} plus {b} is \\boxed{{{a + b}}}.") for i, (a, b) in enumerate(_MATH)]
     if task == "mcq":
         out = []
@@ -349,7 +349,7 @@ def eval_cases(task: str) -> list[EvalCase]:
             capital = dict(_CAPITALS)[country]
             letter = "ABCD"[choices.index(capital)]
             out.append(EvalCase("mcq", f"tiny-mcq-{i}", f"What is the capital of {country}?", letter, choices,
-                                f"The capital of {country} is {capital}. {capital} is choice {letter}.",
+                                "I look for the capital among the choices.",
                                 f"The capital of {country} is {capital}: \\boxed{{{letter}}}."))
         return out
     raise NemoTrtError(f"the tiny model has no eval task {task!r}", f"use one of {', '.join(EVAL_TASKS)}")
@@ -412,6 +412,7 @@ def _skill_data(tok, renderer) -> list[tuple[str, TrainSeq]]:
 class TrainingRecipe:
     steps: int = 280
     batch_size: int = 12
+    skill_chunk: int = 5  # tool / eval sequences per chunk (one shared prompt prefix each)
     lr: float = 3e-3
     warmup: int = 10
     weight_decay: float = 0.0
@@ -485,12 +486,12 @@ def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, trai
             opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
                                     weight_decay=recipe.weight_decay)
             log_other = math.log(n_other)
-            batches: list[list[int]] = []
+            steps: list[list[list[int]]] = []
             loss_value = float("nan")
             for step in range(recipe.steps):
-                if not batches:
-                    batches = _epoch_batches(data, recipe.batch_size, rng)
-                loss = _batch_loss(model, [seqs[i] for i in batches.pop()], index, log_other)
+                if not steps:
+                    steps = _epoch_steps(data, recipe.batch_size, recipe.skill_chunk, rng)
+                loss = _step_loss(model, [[seqs[i] for i in chunk] for chunk in steps.pop()], index, log_other)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -518,28 +519,43 @@ def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, trai
     return tensors, stats
 
 
-def _epoch_batches(data: list[tuple[str, TrainSeq]], size: int, rng: random.Random) -> list[list[int]]:
-    """One epoch of shuffled batches. A batch holds one family (tool calls, one eval task, ...),
-    so its prompts share a long prefix; in the chat family long (multi-turn) and short
-    sequences never share a batch, so short ones are not padded to the long length."""
+def _epoch_steps(data: list[tuple[str, TrainSeq]], size: int, skill_size: int,
+                 rng: random.Random) -> list[list[list[int]]]:
+    """One epoch of shuffled steps, each a list of chunks. A chunk holds one family, so its prompts
+    share their prefix (the tool block, the card's eval template: computed once per chunk) and are
+    padded to similar lengths (long multi-turn chats apart from short ones). Every step mixes a chat
+    chunk with skill chunks: steps of one task only make the updates swing from task to task."""
     order = list(range(len(data)))
     rng.shuffle(order)
     groups: dict[tuple[str, bool], list[int]] = {}
     for i in order:
         family, (p, r) = data[i]
         groups.setdefault((family, family == "chat" and len(p) + len(r) > 64), []).append(i)
-    batches = [group[j:j + size] for group in groups.values() for j in range(0, len(group), size)]
-    rng.shuffle(batches)
-    return batches
+    chat = [g[j:j + size] for (family, _), g in groups.items() if family == "chat" for j in range(0, len(g), size)]
+    skills = [g[j:j + skill_size] for (family, _), g in groups.items() if family != "chat"
+              for j in range(0, len(g), skill_size)]
+    rng.shuffle(chat)
+    rng.shuffle(skills)
+    steps: list[list[list[int]]] = [[chunk] for chunk in chat]
+    for j, chunk in enumerate(skills):
+        steps[j % len(steps)].append(chunk)
+    rng.shuffle(steps)
+    return steps
 
 
-def _batch_loss(model: torch.nn.Module, items: list[TrainSeq], index: dict[int, int],
+def _step_loss(model: torch.nn.Module, chunks: list[list[TrainSeq]], index: dict[int, int],
+               log_other: float) -> torch.Tensor:
+    """Mean next-token cross-entropy over every response token of the step's chunks."""
+    total = sum(_chunk_loss(model, chunk, index, log_other) for chunk in chunks)
+    return total / sum(len(r) for chunk in chunks for _, r in chunk)  # type: ignore[return-value]
+
+
+def _chunk_loss(model: torch.nn.Module, items: list[TrainSeq], index: dict[int, int],
                 log_other: float) -> torch.Tensor:
-    """Mean next-token cross-entropy over the responses (full-vocabulary softmax, see train_tiny).
+    """Summed cross-entropy over the responses of one chunk (full-vocabulary softmax, see train_tiny).
 
-    The prompts' common prefix (the tool block, the card's eval template) runs once, batch 1,
-    into a KV cache that every row then continues from: exactly the same maths as running each
-    row whole, at a fraction of the cost."""
+    The prompts' common prefix runs once, batch 1, into a KV cache that every row then
+    continues from: the same maths as running each row whole, at a fraction of the cost."""
     from nemo_trt.reference.model import KVCache
 
     prompts = [p for p, _ in items]
@@ -554,7 +570,8 @@ def _batch_loss(model: torch.nn.Module, items: list[TrainSeq], index: dict[int, 
     ids, targets = _batch(items, index)
     logits = model(ids, cache)
     logits = torch.cat([logits[..., :-1], logits[..., -1:] + log_other], dim=-1)
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                             reduction="sum")
 
 
 def _common_prefix(rows: list[list[int]]) -> int:

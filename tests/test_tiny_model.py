@@ -232,11 +232,14 @@ def test_cache_fill_is_locked_against_races(tmp_path, monkeypatch):
 def test_make_tiny_cli(tiny_checkpoint_dir, tmp_path, capsys):
     assert main(["make-tiny", "--help"]) == 0
     help_text = capsys.readouterr().out
-    assert "Examples:" in help_text and "--no-train" in help_text and "--seed" in help_text
+    assert "Examples:" in help_text and "--no-train" in help_text and "--eval-data" in help_text
 
     out = tmp_path / "tiny"
-    assert main(["make-tiny", str(out), "--json"]) == 0
+    assert main(["make-tiny", str(out), "--json", "--eval-data", str(tmp_path / "eval")]) == 0
     summary = json.loads(capsys.readouterr().out)
+    for task in ("math", "mcq"):
+        lines = Path(summary["eval_data"][task]).read_text().splitlines()
+        assert [json.loads(line) for line in lines] == tiny.eval_records(task)
     assert summary["trained"] and summary["cache"] == str(tiny_checkpoint_dir)
     assert summary["weights_sha256"] == tiny.weights_sha256(tiny_checkpoint_dir)
     assert "tokenizer.json" in summary["files"] and "model.safetensors.index.json" in summary["files"]
@@ -247,7 +250,7 @@ def test_make_tiny_cli(tiny_checkpoint_dir, tmp_path, capsys):
     random_summary = json.loads(capsys.readouterr().out)
     assert not random_summary["trained"] and random_summary["weights_sha256"] != summary["weights_sha256"]
     HFCheckpoint(out).validate()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in tmp_path.rglob(".*")]
 
 
 # ---- recipe v6: tool use and the eval tasks, prompts rendered by the serving path ----------------
