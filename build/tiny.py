@@ -12,14 +12,23 @@ Nemotron response protocol, so serving tests can check real behaviour:
 - system `detailed thinking on`  -> `<think>\\n…\\n</think>\\n\\n<answer><|eot_id|>`
 - system `detailed thinking off` -> `<answer><|eot_id|>`
 - also in a second turn (the template drops earlier reasoning), and for words it
-  never saw it answers "Sorry, I do not know that." in the same protocol.
+  never saw it answers "Sorry, I do not know that." in the same protocol;
+- tool use in the Super v1 format (`tool_cases`): given `TOOLS` in the card's prompt
+  it calls `<TOOLCALL>[get_weather(city="Paris")]</TOOLCALL>`, and given the tool's
+  result in a `tool` turn it answers from it ("It is sunny in Paris."), both modes;
+- the card's eval prompts (`eval_records`): `math` sums and `mcq` capital questions
+  answered with `\\boxed{…}`, both modes, the answer certain under the card's sampling.
+
+Tool and eval prompts are rendered by the serving path's own renderer (serve/prompt.py)
+from OpenAI-style messages, so the ids trained on are the ids the gateway's requests become.
 
 Training touches only the vocabulary the data uses plus one shared row that
 stands for every other token (as input: prompts with unknown words are answered
 "Sorry, I do not know that." in the same protocol; as output: trained with the
-exact full-vocabulary softmax). That keeps it well under two minutes on two CPU
-cores. In the written checkpoint every token outside the training vocabulary has
-that shared embedding and lm_head row.
+exact full-vocabulary softmax). Prompts that share a long prefix (the tool block, the
+card's eval template) are batched together and the prefix runs once per batch. That keeps
+it around two minutes on two CPU cores. In the written checkpoint every token outside the
+training vocabulary has that shared embedding and lm_head row.
 
 `tiny_checkpoint(seed)` returns the trained checkpoint from a cache keyed by
 everything that determines it; concurrent callers wait on a file lock.
@@ -262,7 +271,9 @@ WEATHER_TOOL: dict = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 TOOLS: tuple[dict, ...] = (WEATHER_TOOL,)
-_WEATHER = [("Paris", "sunny"), ("Rome", "cloudy"), ("Tokyo", "rainy"), ("Oslo", "snowy"), ("Madrid", "windy")]
+# Cities written as one token both in the question (" Paris") and in the call ("Paris"): the model
+# maps one token to one token instead of spelling a name out in pieces.
+_WEATHER = [("Paris", "sunny"), ("London", "cloudy"), ("Berlin", "rainy"), ("Toronto", "snowy"), ("Chicago", "windy")]
 
 
 @dataclass(frozen=True)
@@ -412,7 +423,7 @@ def _skill_data(tok, renderer) -> list[tuple[str, TrainSeq]]:
 class TrainingRecipe:
     steps: int = 280
     batch_size: int = 12
-    skill_chunk: int = 5  # tool / eval sequences per chunk (one shared prompt prefix each)
+    skill_chunk: int = 10  # tool / eval sequences per chunk (one shared prompt prefix each)
     lr: float = 3e-3
     warmup: int = 10
     weight_decay: float = 0.0
