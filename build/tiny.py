@@ -48,6 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -65,6 +66,9 @@ from nemo_trt.build.tokenizer_files import (
 )
 from nemo_trt.errors import NemoTrtError
 from nemo_trt.serve.toolcall import ToolCall, format_calls
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nemo_trt.reference.model import ReferenceModel
 
 TINY_NAME = "nemo-trt-tiny-decilm"
 # Bump when the data, the model init or the training loop changes (invalidates caches).
@@ -202,6 +206,7 @@ def _chat_template() -> str:
 
 MULTI_TURN = 6  # two-turn conversations in the training data
 SKILL_REPEATS = 1  # copies of the tool and eval sequences per epoch
+TOOL_REPEATS = 1  # extra copies of the tool conversations (the hardest to learn)
 UNKNOWN = -1  # stands for "any token the fixture was not trained on" in training sequences
 FALLBACK = Example("", "The question has words I do not know.", "Sorry, I do not know that.")
 
@@ -407,7 +412,7 @@ def _skill_data(tok, renderer) -> list[tuple[str, TrainSeq]]:
     data: list[tuple[str, TrainSeq]] = []
     for thinking in (True, False):
         mode = "on" if thinking else "off"
-        for case in tool_cases():
+        for case in tool_cases() * TOOL_REPEATS:
             for second in (False, True):
                 data.append((f"tools-{mode}", (chat_ids(case.messages(second), thinking, case.tools, renderer),
                                                enc(case.response(thinking, second)))))
@@ -423,7 +428,7 @@ def _skill_data(tok, renderer) -> list[tuple[str, TrainSeq]]:
 class TrainingRecipe:
     steps: int = 280
     batch_size: int = 12
-    skill_chunk: int = 10  # tool / eval sequences per chunk (one shared prompt prefix each)
+    skill_chunk: int = 5  # tool / eval sequences per chunk (one shared prompt prefix each)
     lr: float = 3e-3
     warmup: int = 10
     weight_decay: float = 0.0
@@ -632,26 +637,28 @@ def skill_sequences() -> list[tuple[str, list[int], list[int]]]:
             for family, (p, r) in _skill_data(tok, _renderer())]
 
 
-def check_skills(logits: Callable[[list[int]], torch.Tensor]) -> list[str]:
+def check_skills(model: ReferenceModel) -> list[str]:
     """Tool and eval cases whose trained response greedy decoding would not reproduce.
 
-    `logits(ids)` gives [len(ids), vocab]; the response is fed in (teacher forcing), so one
-    forward per case checks every token: greedy decoding reproduces the response exactly
-    when each next token is the argmax. Eval cases answered with reasoning on are sampled at
-    the card's temperature 0.6 / top_p 0.95: there the trained token must also be the only
-    one in the nucleus (tempered probability >= 0.95), so sampling equals greedy decoding."""
+    The response is fed in (teacher forcing), so one forward per case checks every token:
+    greedy decoding reproduces the response exactly when each next token is the argmax. Eval
+    cases answered with reasoning on are sampled at the card's temperature 0.6 / top_p 0.95:
+    there the trained token must also be the only one in the nucleus (tempered probability
+    >= 0.95), so sampling gives the same answer as greedy decoding."""
     problems = []
-    for what, p, r in skill_sequences():
-        out = logits(p + r)[len(p) - 1: len(p) + len(r) - 1].float()
-        target = torch.tensor(r)
-        wrong = (out.argmax(-1) != target).nonzero()
-        if len(wrong):
-            problems.append(f"{what} differs at token {int(wrong[0])}")
-        elif what.startswith(("math-on", "mcq-on")):
-            tempered = torch.softmax(out / 0.6, -1)[torch.arange(len(r)), target]
-            if float(tempered.min()) < 0.95:
-                problems.append(f"{what} is not certain under sampling (p={float(tempered.min()):.3f} "
-                                f"at token {int(tempered.argmin())})")
+    with torch.inference_mode():
+        for what, p, r in skill_sequences():
+            hidden = model.hidden_states(torch.tensor([p + r]))[0, len(p) - 1: len(p) + len(r) - 1]
+            out = model.lm_head(hidden).float()  # only the response positions: the vocabulary is big
+            target = torch.tensor(r)
+            wrong = (out.argmax(-1) != target).nonzero()
+            if len(wrong):
+                problems.append(f"{what} differs at token {int(wrong[0])}")
+            elif what.startswith(("math-on", "mcq-on")):
+                tempered = torch.softmax(out / 0.6, -1)[torch.arange(len(r)), target]
+                if float(tempered.min()) < 0.95:
+                    problems.append(f"{what} is not certain under sampling (p={float(tempered.min()):.3f} "
+                                    f"at token {int(tempered.argmin())})")
     return problems
 
 
@@ -668,7 +675,7 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, *, train: bool = T
         model = ReferenceModel.from_state_dict(tiny_spec(), bf16)
         with _deterministic(1):  # token-by-token decoding: one thread is fastest
             problems = check_protocol(lambda ids: model.generate(ids, 64, stop_ids=STOP_IDS))
-            problems += check_skills(model.logits)
+            problems += check_skills(model)
         if problems:
             raise NemoTrtError("the tiny model did not learn the response protocol: " + "; ".join(problems),
                                "report this as a bug (training recipe); `make-tiny --no-train` writes random weights")

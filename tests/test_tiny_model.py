@@ -257,7 +257,7 @@ def test_make_tiny_cli(tiny_checkpoint_dir, tmp_path, capsys):
 def test_tool_and_eval_cases_are_reproduced_greedily(tiny_model):
     """Every tool call, answer from a tool result and eval answer, both modes (teacher-forced argmax
     equals greedy decoding; eval answers with reasoning on also hold under the card's sampling)."""
-    assert tiny.check_skills(tiny_model.logits) == []
+    assert tiny.check_skills(tiny_model) == []
 
 
 @pytest.mark.parametrize("thinking", [False, True])
