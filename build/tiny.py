@@ -161,7 +161,8 @@ class Example:
 
 
 _CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Egypt", "Cairo"),
-             ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Canada", "Ottawa"), ("Norway", "Oslo"), ("Greece", "Athens")]
+             ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Canada", "Ottawa"), ("Norway", "Oslo"), ("Greece", "Athens"),
+             ("England", "London"), ("Germany", "Berlin")]
 _COLOURS = [("grass", "green"), ("the sky", "blue"), ("snow", "white"), ("a banana", "yellow"), ("coal", "black"),
             ("a tomato", "red")]
 # a + b pairs used in training; HELD_OUT pairs are never trained on (generalisation checks)
@@ -276,9 +277,8 @@ WEATHER_TOOL: dict = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 TOOLS: tuple[dict, ...] = (WEATHER_TOOL,)
-# Cities written as one token both in the question (" Paris") and in the call ("Paris"): the model
-# maps one token to one token instead of spelling a name out in pieces.
-_WEATHER = [("Paris", "sunny"), ("London", "cloudy"), ("Berlin", "rainy"), ("Toronto", "snowy"), ("Chicago", "windy")]
+# Cities the model knows from its capitals (a lookup of a known word is what it learns fast).
+_WEATHER = [("Paris", "sunny"), ("London", "cloudy"), ("Berlin", "rainy"), ("Madrid", "windy"), ("Oslo", "snowy")]
 
 
 @dataclass(frozen=True)
