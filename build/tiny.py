@@ -207,7 +207,7 @@ def _chat_template() -> str:
 
 MULTI_TURN = 6  # two-turn conversations in the training data
 SKILL_REPEATS = 1  # copies of the tool and eval sequences per epoch
-TOOL_REPEATS = 2  # extra copies of the tool conversations (the hardest to learn)
+TOOL_REPEATS = 1  # extra copies of the tool conversations (the hardest to learn)
 UNKNOWN = -1  # stands for "any token the fixture was not trained on" in training sequences
 FALLBACK = Example("", "The question has words I do not know.", "Sorry, I do not know that.")
 
@@ -426,10 +426,9 @@ def _skill_data(tok, renderer) -> list[tuple[str, TrainSeq]]:
 # ---- training ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainingRecipe:
-    steps: int = 320
+    steps: int = 500
     batch_size: int = 12
-    skill_chunk: int = 10  # tool / eval sequences per chunk (one shared prompt prefix each)
-    chunks_per_step: int = 2
+    skill_chunk: int = 5  # tool / eval sequences per chunk (one shared prompt prefix each)
     lr: float = 3e-3
     warmup: int = 10
     weight_decay: float = 0.0
@@ -507,7 +506,7 @@ def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, trai
             loss_value = float("nan")
             for step in range(recipe.steps):
                 if not steps:
-                    steps = _epoch_steps(data, recipe.batch_size, recipe.skill_chunk, recipe.chunks_per_step, rng)
+                    steps = _epoch_steps(data, recipe.batch_size, recipe.skill_chunk, rng)
                 loss = _step_loss(model, [[seqs[i] for i in chunk] for chunk in steps.pop()], index, log_other)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -536,12 +535,12 @@ def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, trai
     return tensors, stats
 
 
-def _epoch_steps(data: list[tuple[str, TrainSeq]], size: int, skill_size: int, per_step: int,
+def _epoch_steps(data: list[tuple[str, TrainSeq]], size: int, skill_size: int,
                  rng: random.Random) -> list[list[list[int]]]:
     """One epoch of shuffled steps, each a list of chunks. A chunk holds one family, so its prompts
     share their prefix (the tool block, the card's eval template: computed once per chunk) and are
-    padded to similar lengths (long multi-turn chats apart from short ones). A step takes `per_step`
-    chunks at random: steps of one task only make the updates swing from task to task."""
+    padded to similar lengths (long multi-turn chats apart from short ones). Every step mixes a chat
+    chunk with skill chunks: steps of one task only make the updates swing from task to task."""
     order = list(range(len(data)))
     rng.shuffle(order)
     groups: dict[tuple[str, bool], list[int]] = {}
@@ -551,9 +550,13 @@ def _epoch_steps(data: list[tuple[str, TrainSeq]], size: int, skill_size: int, p
     chat = [g[j:j + size] for (family, _), g in groups.items() if family == "chat" for j in range(0, len(g), size)]
     skills = [g[j:j + skill_size] for (family, _), g in groups.items() if family != "chat"
               for j in range(0, len(g), skill_size)]
-    chunks = chat + skills
-    rng.shuffle(chunks)
-    return [chunks[j:j + per_step] for j in range(0, len(chunks), per_step)]
+    rng.shuffle(chat)
+    rng.shuffle(skills)
+    steps: list[list[list[int]]] = [[chunk] for chunk in chat]
+    for j, chunk in enumerate(skills):
+        steps[j % len(steps)].append(chunk)
+    rng.shuffle(steps)
+    return steps
 
 
 def _step_loss(model: torch.nn.Module, chunks: list[list[TrainSeq]], index: dict[int, int],
