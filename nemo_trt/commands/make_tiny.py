@@ -25,7 +25,7 @@ def command(out: Path, seed: int, no_train: bool, force: bool, eval_data: Path |
     heads; no-op and linear attention; MLPs of width 1024/512/256; no-op and
     linear FFN), the full 128,256-token Llama-3.1 tokenizer with the
     Super-49B v1 chat template, llama3 RoPE scaling and sharded BF16
-    safetensors. A seeded training run (about a minute on two CPU cores)
+    safetensors. A seeded training run (two to three minutes on two CPU cores)
     teaches it the response protocol: with `detailed thinking on` it answers
     `<think>\\n...\\n</think>\\n\\n...` and with `off` directly, ending the turn
     with <|eot_id|>; questions with words it never saw get "Sorry, I do not
