@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -170,7 +170,6 @@ _SUMS = [(1, 2), (2, 5), (3, 3), (4, 1), (5, 2), (6, 3), (7, 1), (8, 4), (9, 2),
 HELD_OUT_QUESTIONS = ("What is 4 plus 7?", "What is 6 plus 2?")
 # questions with words outside the training vocabulary: answered with FALLBACK
 UNKNOWN_QUESTIONS = ("Hello!", "What colour is a lemon?", "Write a poem about the sea.")
-UNKNOWN_ARTICLES = ("a", "the")  # "What colour is a <unknown>?": the known article must not lure a colour
 
 
 def _sum_example(a: int, b: int) -> Example:
@@ -229,7 +228,6 @@ def _unknown_prompts(template: str) -> list[list[int]]:
     known_words = sorted({t for ex in training_examples() for t in enc(ex.question)})
     users = [enc("What is the capital of") + [UNKNOWN] * n + enc("?") for n in (1, 2)]
     users += [enc("What colour is") + [UNKNOWN] * n + enc("?") for n in (1, 2)]
-    users += [enc(f"What colour is {article}") + [UNKNOWN] + enc("?") for article in UNKNOWN_ARTICLES]
     users += [enc("What is") + [UNKNOWN] + enc(" plus") + [UNKNOWN] + enc("?")]
     for _ in range(5):
         users.append([UNKNOWN if rng.random() < 0.6 else rng.choice(known_words) for _ in range(rng.randint(1, 8))])
@@ -651,7 +649,8 @@ def check_skills(model: ReferenceModel) -> list[str]:
     with torch.inference_mode():
         for what, p, r in skill_sequences():
             hidden = model.hidden_states(torch.tensor([p + r]))[0, len(p) - 1: len(p) + len(r) - 1]
-            out = model.lm_head(hidden).float()  # only the response positions: the vocabulary is big
+            # only the response positions: the vocabulary is big
+            out = cast(torch.nn.Linear, model.lm_head)(hidden).float()
             target = torch.tensor(r)
             wrong = (out.argmax(-1) != target).nonzero()
             if len(wrong):
