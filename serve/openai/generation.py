@@ -13,6 +13,7 @@ one to know the request was accepted before it commits to a 200.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncGenerator
@@ -80,6 +81,7 @@ class Generation:
                  tokenizer: Tokenizer | None = None, metrics: GatewayMetrics | None = None,
                  arrival: float | None = None, timeout: float | None = None):
         self.upstream = upstream
+        self._prompt_len: asyncio.Future[int | None] | None = None
         self.plan = plan
         self.deployment = deployment
         self.tokenizer = tokenizer
@@ -197,7 +199,7 @@ class Generation:
 
     # -- run ---------------------------------------------------------------------
     async def events(self) -> AsyncGenerator[Event, None]:
-        plan, outcome = self.plan, self.outcome
+        plan = self.plan
         stream = self._upstream_stream()
         first = dataclasses.replace(plan.request, stream=stream,
                                     want_ids=plan.request.want_ids or (not stream and self.tokenizer is not None))
@@ -205,6 +207,24 @@ class Generation:
             self._tools.feed(plan.tools.prefill)  # the model continues the opened call
             first = self._leg(first, plan.tools.prefill, first.max_tokens, stream)
         leg: UpstreamRequest | None = first
+        # The prompt length comes from preprocessing in a unary call of its own: asked now, it runs
+        # beside the generation instead of adding a round trip after the last token.
+        self._prompt_len = asyncio.ensure_future(self.upstream.prompt_tokens(first)) \
+            if hasattr(self.upstream, "prompt_tokens") else None
+        try:
+            async for event in self._legs(first, leg, stream):
+                yield event
+        finally:
+            if self._prompt_len is not None and not self._prompt_len.done():
+                self._prompt_len.cancel()
+
+    async def _known_prompt_tokens(self) -> None:
+        if not self.outcome.prompt_tokens and self._prompt_len is not None:
+            self.outcome.prompt_tokens = await self._prompt_len or 0
+
+    async def _legs(self, first: UpstreamRequest, leg: UpstreamRequest | None,
+                    stream: bool) -> AsyncGenerator[Event, None]:
+        plan, outcome = self.plan, self.outcome
         budget = plan.budget if plan.mode == "on" else None
         if budget is not None and budget.tokens == 0:
             # no thought at all: the turn starts with a closed, empty one
@@ -265,6 +285,7 @@ class Generation:
                     self._reasoning.append(close.reasoning)
                 event.text += (plan.open_tag + "\n" if opened else "") + "\n" + plan.close_tag + "\n\n"
                 yield event
+                await self._known_prompt_tokens()
                 cap = self._cap()
                 remaining = None if cap is None else cap - before
                 if remaining is not None and remaining <= 0:
@@ -274,8 +295,7 @@ class Generation:
                 budget = None
         tail = self._stop.finish()
         yield self._process(tail, final=True)
-        if not outcome.prompt_tokens and hasattr(self.upstream, "prompt_tokens"):
-            outcome.prompt_tokens = await self.upstream.prompt_tokens(first) or 0
+        await self._known_prompt_tokens()
         cap = self._cap()
         if self._tools is not None and self._tools.calls:
             outcome.finish_reason = "tool_calls"
