@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -559,14 +559,14 @@ def _epoch_steps(data: list[tuple[str, TrainSeq]], size: int, skill_size: int,
     return steps
 
 
-def _step_loss(model: torch.nn.Module, chunks: list[list[TrainSeq]], index: dict[int, int],
+def _step_loss(model: ReferenceModel, chunks: list[list[TrainSeq]], index: dict[int, int],
                log_other: float) -> torch.Tensor:
     """Mean next-token cross-entropy over every response token of the step's chunks."""
     total = sum(_chunk_loss(model, chunk, index, log_other) for chunk in chunks)
     return total / sum(len(r) for chunk in chunks for _, r in chunk)  # type: ignore[return-value]
 
 
-def _chunk_loss(model: torch.nn.Module, items: list[TrainSeq], index: dict[int, int],
+def _chunk_loss(model: ReferenceModel, items: list[TrainSeq], index: dict[int, int],
                 log_other: float) -> torch.Tensor:
     """Summed cross-entropy over the responses of one chunk (full-vocabulary softmax, see train_tiny).
 
@@ -579,7 +579,7 @@ def _chunk_loss(model: torch.nn.Module, items: list[TrainSeq], index: dict[int, 
     cache = None
     if shared >= 16:
         cache = KVCache()
-        model.model(torch.tensor([[index[t] for t in prompts[0][:shared]]]), cache)
+        model.hidden_states(torch.tensor([[index[t] for t in prompts[0][:shared]]]), cache)
         cache.layers = {layer: (k.expand(len(items), -1, -1, -1), v.expand(len(items), -1, -1, -1))
                         for layer, (k, v) in cache.layers.items()}
         items = [(p[shared:], r) for p, r in items]
@@ -650,7 +650,7 @@ def check_skills(model: ReferenceModel) -> list[str]:
         for what, p, r in skill_sequences():
             hidden = model.hidden_states(torch.tensor([p + r]))[0, len(p) - 1: len(p) + len(r) - 1]
             # only the response positions: the vocabulary is big
-            out = cast(torch.nn.Linear, model.lm_head)(hidden).float()
+            out = model.lm_head(hidden).float()
             target = torch.tensor(r)
             wrong = (out.argmax(-1) != target).nonzero()
             if len(wrong):
