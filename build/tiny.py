@@ -12,14 +12,23 @@ Nemotron response protocol, so serving tests can check real behaviour:
 - system `detailed thinking on`  -> `<think>\\n…\\n</think>\\n\\n<answer><|eot_id|>`
 - system `detailed thinking off` -> `<answer><|eot_id|>`
 - also in a second turn (the template drops earlier reasoning), and for words it
-  never saw it answers "Sorry, I do not know that." in the same protocol.
+  never saw it answers "Sorry, I do not know that." in the same protocol;
+- tool use in the Super v1 format (`tool_cases`): given `TOOLS` in the card's prompt
+  it calls `<TOOLCALL>[get_weather(city="Paris")]</TOOLCALL>`, and given the tool's
+  result in a `tool` turn it answers from it ("It is sunny in Paris."), both modes;
+- the card's eval prompts (`eval_records`): `math` sums and `mcq` capital questions
+  answered with `\\boxed{…}`, both modes, the answer certain under the card's sampling.
+
+Tool and eval prompts are rendered by the serving path's own renderer (serve/prompt.py)
+from OpenAI-style messages, so the ids trained on are the ids the gateway's requests become.
 
 Training touches only the vocabulary the data uses plus one shared row that
 stands for every other token (as input: prompts with unknown words are answered
 "Sorry, I do not know that." in the same protocol; as output: trained with the
-exact full-vocabulary softmax). That keeps it well under two minutes on two CPU
-cores. In the written checkpoint every token outside the training vocabulary has
-that shared embedding and lm_head row.
+exact full-vocabulary softmax). Prompts that share a long prefix (the tool block, the
+card's eval template) are batched together and the prefix runs once per batch. That keeps
+it around two minutes on two CPU cores. In the written checkpoint every token outside the
+training vocabulary has that shared embedding and lm_head row.
 
 `tiny_checkpoint(seed)` returns the trained checkpoint from a cache keyed by
 everything that determines it; concurrent callers wait on a file lock.
@@ -39,6 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -55,10 +65,14 @@ from nemo_trt.build.tokenizer_files import (
     tokenizer_files,
 )
 from nemo_trt.errors import NemoTrtError
+from nemo_trt.serve.toolcall import ToolCall, format_calls
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nemo_trt.reference.model import ReferenceModel
 
 TINY_NAME = "nemo-trt-tiny-decilm"
 # Bump when the data, the model init or the training loop changes (invalidates caches).
-RECIPE_VERSION = 5
+RECIPE_VERSION = 6
 MAX_SHARD_BYTES = 4 * 1024 * 1024
 HIDDEN = 256
 HEADS = 8  # head_dim 32: the smallest size TensorRT-LLM's attention kernels cover
@@ -147,7 +161,8 @@ class Example:
 
 
 _CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Egypt", "Cairo"),
-             ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Canada", "Ottawa"), ("Norway", "Oslo"), ("Greece", "Athens")]
+             ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Canada", "Ottawa"), ("Norway", "Oslo"), ("Greece", "Athens"),
+             ("England", "London"), ("Germany", "Berlin")]
 _COLOURS = [("grass", "green"), ("the sky", "blue"), ("snow", "white"), ("a banana", "yellow"), ("coal", "black"),
             ("a tomato", "red")]
 # a + b pairs used in training; HELD_OUT pairs are never trained on (generalisation checks)
@@ -191,6 +206,8 @@ def _chat_template() -> str:
 
 
 MULTI_TURN = 6  # two-turn conversations in the training data
+SKILL_REPEATS = 1  # copies of the tool and eval sequences per epoch
+TOOL_REPEATS = 1  # extra copies of the tool conversations (the hardest to learn)
 UNKNOWN = -1  # stands for "any token the fixture was not trained on" in training sequences
 FALLBACK = Example("", "The question has words I do not know.", "Sorry, I do not know that.")
 
@@ -217,23 +234,31 @@ def _unknown_prompts(template: str) -> list[list[int]]:
     return users
 
 
-def _sequences() -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids incl. <|eot_id|>) for every example in both reasoning modes.
+TrainSeq = tuple[list[int], list[int]]  # (prompt ids, response ids incl. <|eot_id|>)
+
+
+def _sequences() -> list[TrainSeq]:
+    """(prompt ids, response ids incl. <|eot_id|>) for every example in both reasoning modes."""
+    return [seq for _, seq in _training_data()]
+
+
+def _training_data() -> list[tuple[str, TrainSeq]]:
+    """Every training sequence with its family (sequences of a family are batched together).
 
     Prompt and response are tokenized separately, exactly as at inference time
     (the prompt is encoded alone and the model produces the response tokens).
     """
     tok = load_tokenizer()
     template = _chat_template()
-    seqs = []
+    data: list[tuple[str, TrainSeq]] = []
     for ex in training_examples():
         for thinking in (True, False):
             response = tok.encode(ex.response(thinking), add_special_tokens=False).ids + [EOT_ID]
-            seqs.append((prompt_ids(ex.question, thinking, template), response))
+            data.append(("chat", (prompt_ids(ex.question, thinking, template), response)))
     for user in _unknown_prompts(template):
         for thinking in (True, False):
             response = tok.encode(FALLBACK.response(thinking), add_special_tokens=False).ids + [EOT_ID]
-            seqs.append((_user_turn_ids(user, thinking, template), response))
+            data.append(("chat", (_user_turn_ids(user, thinking, template), response)))
     # Second turns: the template drops earlier reasoning, the mode must still hold.
     rng = random.Random(4321)
     for _ in range(MULTI_TURN):
@@ -241,15 +266,169 @@ def _sequences() -> list[tuple[list[int], list[int]]]:
         for thinking in (True, False):
             history = [(first.question, first.response(thinking))]
             response = tok.encode(second.response(thinking), add_special_tokens=False).ids + [EOT_ID]
-            seqs.append((prompt_ids(second.question, thinking, template, history), response))
-    return seqs
+            data.append(("chat", (prompt_ids(second.question, thinking, template, history), response)))
+    return data + _skill_data(tok, _renderer()) * SKILL_REPEATS
+
+
+# ---- tool use (Super v1 format) ------------------------------------------------------
+# The world is kept small on purpose: a model this size memorises a handful of calls but
+# does not learn to copy arbitrary argument values (24 different calls: 6 right).
+WEATHER_TOOL: dict = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOLS: tuple[dict, ...] = (WEATHER_TOOL,)
+# Cities the model knows from its capitals (a lookup of a known word is what it learns fast).
+_WEATHER = [("Paris", "sunny"), ("London", "cloudy"), ("Berlin", "rainy"), ("Madrid", "windy"), ("Oslo", "snowy")]
+
+
+@dataclass(frozen=True)
+class ToolCase:
+    """One tool conversation: the question (call turn) and the tool's result (answer turn)."""
+
+    question: str
+    tools: tuple[dict, ...]
+    call: ToolCall
+    result: str  # the `tool` message's content
+    reasoning: str  # thinking before the call
+    answer: str  # the answer once the result is in
+    result_reasoning: str  # thinking before that answer
+
+    def messages(self, second_turn: bool = False) -> list[dict]:
+        """The OpenAI chat (no system message: the reasoning mode travels apart)."""
+        out: list[dict] = [{"role": "user", "content": self.question}]
+        if second_turn:
+            call = {"id": "call_0", "type": "function",
+                    "function": {"name": self.call.name, "arguments": self.call.arguments_json()}}
+            out += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": "call_0", "content": self.result}]
+        return out
+
+    def response(self, thinking: bool, second_turn: bool = False) -> str:
+        if second_turn:
+            return Example("", self.result_reasoning, self.answer).response(thinking)
+        return Example("", self.reasoning, format_calls([self.call])).response(thinking)
+
+
+def tool_cases() -> list[ToolCase]:
+    return [ToolCase(f"What is the weather in {city}?", TOOLS, ToolCall("get_weather", {"city": city}),
+                     json.dumps({"city": city, "weather": weather}),
+                     "The user asks about the weather. I call get_weather.",
+                     f"It is {weather} in {city}.",
+                     "The tool gave the weather.")
+            for city, weather in _WEATHER]
+
+
+# ---- accuracy-eval tasks (the card's prompts, `nemo-trt eval`) ------------------------
+EVAL_TASKS = ("math", "mcq")
+_MATH = [(3, 4), (1, 2), (2, 5), (4, 1), (6, 3), (8, 4)]
+# (country, the four choices): the right one sits at a different letter across questions
+_MCQ = [("France", ("Rome", "Paris", "Oslo", "Lima")), ("Japan", ("Tokyo", "Cairo", "Madrid", "Athens")),
+        ("Italy", ("Ottawa", "Nairobi", "Rome", "Paris")), ("Egypt", ("Lima", "Oslo", "Tokyo", "Cairo")),
+        ("Spain", ("Athens", "Madrid", "Rome", "Ottawa")), ("Norway", ("Cairo", "Paris", "Oslo", "Lima"))]
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    task: str
+    id: str
+    question: str
+    answer: str  # what the eval compares with the model's \boxed{} answer
+    choices: tuple[str, ...] | None
+    reasoning: str
+    final: str  # the trained answer text (holds \boxed{answer})
+
+    def record(self) -> dict:
+        """The dataset line, as a user's JSONL for `nemo-trt eval` holds it."""
+        out: dict = {"id": self.id, "question": self.question, "answer": self.answer}
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        return out
+
+    def user_prompt(self) -> str:
+        from nemo_trt.model_facts import load_eval_facts
+
+        choices = list(self.choices) if self.choices is not None else None
+        return load_eval_facts().user_prompt(self.task, self.question, choices)  # type: ignore[arg-type]
+
+    def response(self, thinking: bool) -> str:
+        return Example("", self.reasoning, self.final).response(thinking)
+
+
+def eval_cases(task: str) -> list[EvalCase]:
+    if task == "math":
+        return [EvalCase("math", f"tiny-math-{i}", f"What is {a} plus {b}?", str(a + b), None,
+                         "I add the two numbers.",
+                         f"{a} plus {b} is \\boxed{{{a + b}}}.") for i, (a, b) in enumerate(_MATH)]
+    if task == "mcq":
+        out = []
+        for i, (country, choices) in enumerate(_MCQ):
+            capital = dict(_CAPITALS)[country]
+            letter = "ABCD"[choices.index(capital)]
+            out.append(EvalCase("mcq", f"tiny-mcq-{i}", f"What is the capital of {country}?", letter, choices,
+                                "I look for the capital among the choices.",
+                                f"The capital of {country} is {capital}: \\boxed{{{letter}}}."))
+        return out
+    raise NemoTrtError(f"the tiny model has no eval task {task!r}", f"use one of {', '.join(EVAL_TASKS)}")
+
+
+def eval_records(task: str) -> list[dict]:
+    """The tiny model's eval dataset for `task` (math | mcq): id, question, answer (+ choices for mcq)."""
+    return [case.record() for case in eval_cases(task)]
+
+
+def write_eval_jsonl(task: str, path: str | Path) -> Path:
+    """`eval_records(task)` as a JSONL file (one record a line), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in eval_records(task)), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _renderer():
+    from nemo_trt.model_facts import load_serving_facts
+    from nemo_trt.serve.prompt import PromptRenderer
+
+    return PromptRenderer(load_tokenizer(), load_serving_facts())
+
+
+def chat_ids(messages: list[dict], thinking: bool, tools: Sequence[dict] = (), renderer=None) -> list[int]:
+    """Prompt ids exactly as the serving path renders an OpenAI chat (serve/prompt.py): what the
+    gateway's requests become in preprocessing, so training and serving see the same ids."""
+    from nemo_trt.serve.prompt import parse_messages
+    from nemo_trt.serve.toolcall import parse_tools
+
+    renderer = renderer or _renderer()
+    specs = parse_tools(list(tools)) if tools else None
+    return renderer.render(parse_messages(messages), "on" if thinking else "off", tools=specs).ids
+
+
+def _skill_data(tok, renderer) -> list[tuple[str, TrainSeq]]:
+    """Tool calls, answers from tool results and eval answers in both modes, rendered as the server
+    renders the requests. Families share long prompt prefixes (the tool block, the card's template),
+    which training computes once per batch."""
+    enc = lambda text: tok.encode(text, add_special_tokens=False).ids + [EOT_ID]  # noqa: E731
+    data: list[tuple[str, TrainSeq]] = []
+    for thinking in (True, False):
+        mode = "on" if thinking else "off"
+        for case in tool_cases() * TOOL_REPEATS:
+            for second in (False, True):
+                data.append((f"tools-{mode}", (chat_ids(case.messages(second), thinking, case.tools, renderer),
+                                               enc(case.response(thinking, second)))))
+        for task in EVAL_TASKS:
+            for ev in eval_cases(task):
+                data.append((f"{task}-{mode}", (chat_ids([{"role": "user", "content": ev.user_prompt()}],
+                                                         thinking, (), renderer), enc(ev.response(thinking)))))
+    return data
 
 
 # ---- training ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class TrainingRecipe:
-    steps: int = 280
+    steps: int = 500
     batch_size: int = 12
+    skill_chunk: int = 5  # tool / eval sequences per chunk (one shared prompt prefix each)
     lr: float = 3e-3
     warmup: int = 10
     weight_decay: float = 0.0
@@ -303,7 +482,8 @@ def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, trai
     from nemo_trt.reference.model import ReferenceModel
 
     spec = tiny_spec()
-    seqs = _sequences()
+    data = _training_data()
+    seqs = [seq for _, seq in data]
     used = sorted({t for p, r in seqs for t in p + r} - {UNKNOWN})
     index = {t: i for i, t in enumerate(used)}
     index[UNKNOWN] = len(used)  # the shared row of every other token
@@ -322,16 +502,12 @@ def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, trai
             opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
                                     weight_decay=recipe.weight_decay)
             log_other = math.log(n_other)
-            batches: list[list[int]] = []
+            steps: list[list[list[int]]] = []
             loss_value = float("nan")
             for step in range(recipe.steps):
-                if not batches:
-                    batches = _epoch_batches(seqs, recipe.batch_size, rng)
-                batch = batches.pop()
-                ids, targets = _batch([seqs[i] for i in batch], index)
-                logits = model(ids)
-                logits = torch.cat([logits[..., :-1], logits[..., -1:] + log_other], dim=-1)
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+                if not steps:
+                    steps = _epoch_steps(data, recipe.batch_size, recipe.skill_chunk, rng)
+                loss = _step_loss(model, [[seqs[i] for i in chunk] for chunk in steps.pop()], index, log_other)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -359,19 +535,70 @@ def train_tiny(seed: int = 0, recipe: TrainingRecipe = TrainingRecipe(), *, trai
     return tensors, stats
 
 
-def _epoch_batches(seqs: list[tuple[list[int], list[int]]], size: int, rng: random.Random) -> list[list[int]]:
-    """One epoch of shuffled batches; long (multi-turn) and short sequences never share a batch,
-    so short ones are not padded to the long length."""
-    order = list(range(len(seqs)))
+def _epoch_steps(data: list[tuple[str, TrainSeq]], size: int, skill_size: int,
+                 rng: random.Random) -> list[list[list[int]]]:
+    """One epoch of shuffled steps, each a list of chunks. A chunk holds one family, so its prompts
+    share their prefix (the tool block, the card's eval template: computed once per chunk) and are
+    padded to similar lengths (long multi-turn chats apart from short ones). Every step mixes a chat
+    chunk with skill chunks: steps of one task only make the updates swing from task to task."""
+    order = list(range(len(data)))
     rng.shuffle(order)
-    short = [i for i in order if len(seqs[i][0]) + len(seqs[i][1]) <= 64]
-    long = [i for i in order if len(seqs[i][0]) + len(seqs[i][1]) > 64]
-    batches = [group[j:j + size] for group in (short, long) for j in range(0, len(group), size)]
-    rng.shuffle(batches)
-    return batches
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i in order:
+        family, (p, r) = data[i]
+        groups.setdefault((family, family == "chat" and len(p) + len(r) > 64), []).append(i)
+    chat = [g[j:j + size] for (family, _), g in groups.items() if family == "chat" for j in range(0, len(g), size)]
+    skills = [g[j:j + skill_size] for (family, _), g in groups.items() if family != "chat"
+              for j in range(0, len(g), skill_size)]
+    rng.shuffle(chat)
+    rng.shuffle(skills)
+    steps: list[list[list[int]]] = [[chunk] for chunk in chat]
+    for j, chunk in enumerate(skills):
+        steps[j % len(steps)].append(chunk)
+    rng.shuffle(steps)
+    return steps
 
 
-def _batch(items: list[tuple[list[int], list[int]]], index: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _step_loss(model: ReferenceModel, chunks: list[list[TrainSeq]], index: dict[int, int],
+               log_other: float) -> torch.Tensor:
+    """Mean next-token cross-entropy over every response token of the step's chunks."""
+    total = sum(_chunk_loss(model, chunk, index, log_other) for chunk in chunks)
+    return total / sum(len(r) for chunk in chunks for _, r in chunk)  # type: ignore[return-value]
+
+
+def _chunk_loss(model: ReferenceModel, items: list[TrainSeq], index: dict[int, int],
+                log_other: float) -> torch.Tensor:
+    """Summed cross-entropy over the responses of one chunk (full-vocabulary softmax, see train_tiny).
+
+    The prompts' common prefix runs once, batch 1, into a KV cache that every row then
+    continues from: the same maths as running each row whole, at a fraction of the cost."""
+    from nemo_trt.reference.model import KVCache
+
+    prompts = [p for p, _ in items]
+    shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
+    cache = None
+    if shared >= 16:
+        cache = KVCache()
+        model.hidden_states(torch.tensor([[index[t] for t in prompts[0][:shared]]]), cache)
+        cache.layers = {layer: (k.expand(len(items), -1, -1, -1), v.expand(len(items), -1, -1, -1))
+                        for layer, (k, v) in cache.layers.items()}
+        items = [(p[shared:], r) for p, r in items]
+    ids, targets = _batch(items, index)
+    logits = model(ids, cache)
+    logits = torch.cat([logits[..., :-1], logits[..., -1:] + log_other], dim=-1)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100,
+                                             reduction="sum")
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    n = min(len(r) for r in rows)
+    for i in range(n):
+        if any(r[i] != rows[0][i] for r in rows):
+            return i
+    return n
+
+
+def _batch(items: list[TrainSeq], index: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and next-token targets (-100 outside the responses); causal attention
     means the padding never influences the positions that carry a loss."""
     length = max(len(p) + len(r) for p, r in items) - 1
@@ -403,6 +630,39 @@ def check_protocol(generate: Callable[[list[int]], list[int]], questions: list[s
     return problems
 
 
+def skill_sequences() -> list[tuple[str, list[int], list[int]]]:
+    """(what, prompt ids, trained response ids) of every tool and eval case, both modes."""
+    tok = load_tokenizer()
+    return [(f"{family}: {tok.decode(r, skip_special_tokens=False)!r}", p, r)
+            for family, (p, r) in _skill_data(tok, _renderer())]
+
+
+def check_skills(model: ReferenceModel) -> list[str]:
+    """Tool and eval cases whose trained response greedy decoding would not reproduce.
+
+    The response is fed in (teacher forcing), so one forward per case checks every token:
+    greedy decoding reproduces the response exactly when each next token is the argmax. Eval
+    cases answered with reasoning on are sampled at the card's temperature 0.6 / top_p 0.95:
+    there the trained token must also be the only one in the nucleus (tempered probability
+    >= 0.95), so sampling gives the same answer as greedy decoding."""
+    problems = []
+    with torch.inference_mode():
+        for what, p, r in skill_sequences():
+            hidden = model.hidden_states(torch.tensor([p + r]))[0, len(p) - 1: len(p) + len(r) - 1]
+            # only the response positions: the vocabulary is big
+            out = model.lm_head(hidden).float()
+            target = torch.tensor(r)
+            wrong = (out.argmax(-1) != target).nonzero()
+            if len(wrong):
+                problems.append(f"{what} differs at token {int(wrong[0])}")
+            elif what.startswith(("math-on", "mcq-on")):
+                tempered = torch.softmax(out / 0.6, -1)[torch.arange(len(r)), target]
+                if float(tempered.min()) < 0.95:
+                    problems.append(f"{what} is not certain under sampling (p={float(tempered.min()):.3f} "
+                                    f"at token {int(tempered.argmin())})")
+    return problems
+
+
 # ---- writing and caching ----------------------------------------------------------------
 def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, *, train: bool = True, force: bool = False,
                           recipe: TrainingRecipe = TrainingRecipe(),
@@ -416,6 +676,7 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, *, train: bool = T
         model = ReferenceModel.from_state_dict(tiny_spec(), bf16)
         with _deterministic(1):  # token-by-token decoding: one thread is fastest
             problems = check_protocol(lambda ids: model.generate(ids, 64, stop_ids=STOP_IDS))
+            problems += check_skills(model)
         if problems:
             raise NemoTrtError("the tiny model did not learn the response protocol: " + "; ".join(problems),
                                "report this as a bug (training recipe); `make-tiny --no-train` writes random weights")

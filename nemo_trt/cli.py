@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "openai": ("nemo_trt.commands.openai_gateway", "Serve the OpenAI-compatible API in front of a running Triton."),
     "chat": ("nemo_trt.commands.chat", "Send one chat prompt to a running server and stream the answer."),
     "regress": ("nemo_trt.commands.regress", "Record and check golden outputs against a running server."),
+    "eval": ("nemo_trt.commands.eval", "Accuracy (pass@1) on a benchmark vs the model card or a baseline run."),
     "deploy": ("nemo_trt.commands.deploy", "Render Kubernetes manifests for a built WORKDIR (replicas, autoscaling, "
                "multi-node)."),
     "selftest": ("nemo_trt.commands.selftest", "GPU acceptance: real trtllm-build + backend vs the CPU golden."),

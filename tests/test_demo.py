@@ -24,5 +24,15 @@ def test_demo_runs_the_whole_chain(tmp_path, tiny_checkpoint_dir):
     chat = summary["openai"]["chat"]
     assert chat["reasoning_content"] == on["reasoning"].strip() and chat["content"] == on["answer"]
     assert chat["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+    # the tiny model learnt this very call (recipe v6): a real parsed OpenAI tool call
     tool = summary["openai"]["tool_call"]
-    assert tool["finish_reason"] in ("tool_calls", "stop") and (tool["tool_calls"] or tool["content"])
+    assert tool["finish_reason"] == "tool_calls" and tool["content"] is None, tool
+    assert [(c["name"], json.loads(c["arguments"])) for c in tool["tool_calls"]] == [("get_weather", {"city": "Paris"})]
+
+
+def test_demo_tool_request_is_one_the_tiny_model_learnt():
+    from nemo_trt.build.tiny import TOOLS, tool_cases
+    from nemo_trt.commands.demo import DEMO_TOOL, DEMO_TOOL_QUESTION
+
+    assert DEMO_TOOL in TOOLS
+    assert DEMO_TOOL_QUESTION in [c.question for c in tool_cases()]

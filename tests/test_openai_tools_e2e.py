@@ -16,11 +16,7 @@ import pytest
 
 from fixtures.cli_json import start_gateway, stop_gateway
 
-try:  # the tiny model's tool-use recipe (v6) lands from branch `eval`; these tests run once it has
-    from nemo_trt.build.tiny import TOOLS, tool_cases
-except ImportError:
-    pytest.skip("needs the tiny model's tool-use recipe (tiny: recipe v6, branch eval), not merged here yet",
-                allow_module_level=True)
+from nemo_trt.build.tiny import TOOLS, tool_cases
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("pytriton")

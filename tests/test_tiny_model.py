@@ -232,11 +232,14 @@ def test_cache_fill_is_locked_against_races(tmp_path, monkeypatch):
 def test_make_tiny_cli(tiny_checkpoint_dir, tmp_path, capsys):
     assert main(["make-tiny", "--help"]) == 0
     help_text = capsys.readouterr().out
-    assert "Examples:" in help_text and "--no-train" in help_text and "--seed" in help_text
+    assert "Examples:" in help_text and "--no-train" in help_text and "--eval-data" in help_text
 
     out = tmp_path / "tiny"
-    assert main(["make-tiny", str(out), "--json"]) == 0
+    assert main(["make-tiny", str(out), "--json", "--eval-data", str(tmp_path / "eval")]) == 0
     summary = json.loads(capsys.readouterr().out)
+    for task in ("math", "mcq"):
+        lines = Path(summary["eval_data"][task]).read_text().splitlines()
+        assert [json.loads(line) for line in lines] == tiny.eval_records(task)
     assert summary["trained"] and summary["cache"] == str(tiny_checkpoint_dir)
     assert summary["weights_sha256"] == tiny.weights_sha256(tiny_checkpoint_dir)
     assert "tokenizer.json" in summary["files"] and "model.safetensors.index.json" in summary["files"]
@@ -247,4 +250,67 @@ def test_make_tiny_cli(tiny_checkpoint_dir, tmp_path, capsys):
     random_summary = json.loads(capsys.readouterr().out)
     assert not random_summary["trained"] and random_summary["weights_sha256"] != summary["weights_sha256"]
     HFCheckpoint(out).validate()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p for p in tmp_path.rglob(".*")]
+
+
+# ---- recipe v6: tool use and the eval tasks, prompts rendered by the serving path ----------------
+def test_tool_and_eval_cases_are_reproduced_greedily(tiny_model):
+    """Every tool call, answer from a tool result and eval answer, both modes (teacher-forced argmax
+    equals greedy decoding; eval answers with reasoning on also hold under the card's sampling)."""
+    assert tiny.check_skills(tiny_model) == []
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+def test_tool_call_then_answer_from_the_result(tiny_model, thinking):
+    from nemo_trt.build.tokenizer_files import load_tokenizer
+    from nemo_trt.serve.toolcall import parse_calls
+
+    case = next(c for c in tiny.tool_cases() if c.question == "What is the weather in Paris?")
+    text = load_tokenizer().decode(tiny_model.generate(tiny.chat_ids(case.messages(), thinking, case.tools), 80,
+                                                       stop_ids=[128001, 128008, 128009]), skip_special_tokens=False)
+    assert text == case.response(thinking) + "<|eot_id|>"
+    body = text.split("<TOOLCALL>", 1)[1].split("</TOOLCALL>", 1)[0]
+    assert parse_calls(body) == [case.call] and case.call.arguments == {"city": "Paris"}
+    assert text.startswith(f"<think>\n{case.reasoning}\n</think>\n\n") if thinking else text.startswith("<TOOLCALL>[")
+    out = tiny_model.generate(tiny.chat_ids(case.messages(second_turn=True), thinking, case.tools), 80,
+                              stop_ids=[128001, 128008, 128009])
+    assert load_tokenizer().decode(out, skip_special_tokens=False) == \
+        case.response(thinking, second_turn=True) + "<|eot_id|>"
+    assert case.answer == "It is sunny in Paris."
+
+
+def test_tool_prompts_are_the_servers(tiny_model):
+    """The training prompts are what preprocessing renders for the gateway's request (same ids)."""
+    from nemo_trt.model_facts import load_serving_facts
+    from nemo_trt.serve.prompt import PromptRenderer, parse_messages
+    from nemo_trt.serve.toolcall import parse_tools
+
+    case = tiny.tool_cases()[0]
+    renderer = PromptRenderer.from_dir(tiny.tiny_checkpoint_path(0), load_serving_facts())
+    ids = renderer.render(parse_messages(json.dumps(case.messages(True))), "on",
+                          tools=parse_tools(json.dumps(list(case.tools)))).ids
+    assert ids == tiny.chat_ids(case.messages(True), True, case.tools)
+    text = renderer._tokenizer.decode(ids, skip_special_tokens=False)
+    assert "<AVAILABLE_TOOLS>[{\"name\": \"get_weather\"" in text and '<TOOLCALL>[get_weather(city="Paris")]' in text
+    assert "<|start_header_id|>tool<|end_header_id|>" in text
+
+
+def test_eval_records_and_jsonl(tmp_path):
+    from nemo_trt.model_facts import load_eval_facts
+
+    math_records, mcq_records = tiny.eval_records("math"), tiny.eval_records("mcq")
+    assert math_records[0] == {"id": "tiny-math-0", "question": "What is 3 plus 4?", "answer": "7"}
+    assert all(set(r) == {"id", "question", "answer"} for r in math_records)
+    assert all(len(r["choices"]) == 4 and r["answer"] in "ABCD" for r in mcq_records)
+    assert {r["answer"] for r in mcq_records} == set("ABCD")  # the right choice moves around
+    assert len({r["id"] for r in math_records + mcq_records}) == len(math_records) + len(mcq_records)
+    for task, records in (("math", math_records), ("mcq", mcq_records)):
+        path = tiny.write_eval_jsonl(task, tmp_path / f"{task}.jsonl")
+        assert [json.loads(line) for line in path.read_text().splitlines()] == records
+    # the trained answers box exactly the record's answer, after the card's own prompt
+    for case in tiny.eval_cases("math") + tiny.eval_cases("mcq"):
+        assert f"\\boxed{{{case.answer}}}" in case.response(True).split("</think>")[1]
+        assert case.user_prompt() == load_eval_facts().user_prompt(case.task, case.question,  # type: ignore[arg-type]
+                                                                   list(case.choices) if case.choices else None)
+    with pytest.raises(tiny.NemoTrtError, match="math, mcq"):
+        tiny.eval_records("poetry")
