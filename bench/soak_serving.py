@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(bench/bench_serving_stock.py builds it; its texts are not checked)")
     parser.add_argument("--stock-mirror", type=Path, default=os.environ.get("NEMO_TRT_STOCK_MIRROR"),
                         help="git mirror of tensorrtllm_backend for --pipeline stock")
+    parser.add_argument("--overlay", type=Path,
+                        help="directory whose files are copied over the written repository (same layout: "
+                             "e.g. preprocessing/config.pbtxt) to bisect a model's config or code")
     parser.add_argument("--dump-dir", type=Path, help="write py-spy stacks of the server and stubs at the first stall")
     args = parser.parse_args(argv)
 
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         repo = stock(work, args.stock_mirror)
     else:
         repo = stand_in_repository(work, TOKENIZER_DIR, max_batch_size=128)
+    if args.overlay is not None:
+        shutil.copytree(args.overlay, repo, dirs_exist_ok=True)
     os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = "0"
     os.environ["NEMO_TRT_SCRIPTED_SENDER"] = "engine"
     http = int(round(args.clients * args.http_share))
