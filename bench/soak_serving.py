@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"work directory (repository, server.log): {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    problems = [p for r in records for p in r.problems()]
+    problems = [f"{r.protocol}: {p}" for r in records for p in r.problems()]
     longest = max(r.max_gap_s for r in records)
     first = minutes[0]["rss_kb"] if minutes else end_rss
     rss_ok = all(end_rss[pid] <= 1.1 * first[pid] for pid in end_rss)
