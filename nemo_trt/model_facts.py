@@ -2,6 +2,7 @@
 and accuracy evaluation (eval.yaml: the card's prompts and published scores)."""
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -140,11 +141,9 @@ class EvalFacts(BaseModel):
                 raise NemoTrtError(f"an mcq question needs exactly 4 choices, got {len(choices or [])}",
                                    "give `choices` as a list of four answers (A-D) in the dataset line")
             fields.update({f"option_{letter}": text for letter, text in zip("ABCD", choices, strict=True)})
-        # str.format would trip over the literal `\boxed{}`: substitute the named fields only
-        out = self.templates[task]
-        for key, value in fields.items():
-            out = out.replace("{" + key + "}", value)
-        return out
+        # str.format would trip over the literal `\boxed{}`: substitute the named fields only, in one
+        # pass, so a question that itself contains "{option_A}" stays as written
+        return re.sub(r"\{(question|option_[ABCD])\}", lambda m: fields.get(m[1], m[0]), self.templates[task])
 
 
 @lru_cache(maxsize=8)

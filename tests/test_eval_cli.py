@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from fixtures import fake_openai_eval as fake
-from nemo_trt.cli import main
+from fixtures.cli_json import run_cli
 
 
 @pytest.fixture()
@@ -30,15 +30,6 @@ def write_jsonl(path, rows) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def eval_args(server, dataset, out, *extra) -> list[str]:

@@ -26,3 +26,9 @@ def test_card_scores_per_mode():
     scores = load_eval_facts().card_scores
     assert scores["math500"].for_mode("on") == 96.6 and scores["math500"].for_mode("off") == 74.0
     assert scores["gpqa_diamond"].task == "mcq"
+
+
+def test_a_question_that_quotes_a_placeholder_stays_as_written():
+    text = load_eval_facts().user_prompt("mcq", "Is {option_A} a placeholder?", ["{question}", "b", "c", "d"])
+    assert "Is {option_A} a placeholder?" in text and text.count("{option_A}") == 1
+    assert "\nA. {question}\n" in text

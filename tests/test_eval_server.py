@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.cli_json import start_gateway, stop_gateway
+from fixtures.cli_json import run_cli_json, start_gateway, stop_gateway
 from nemo_trt.cli import main
 
 pytestmark = pytest.mark.slow
@@ -29,23 +29,11 @@ pytestmark = pytest.mark.slow
 MAX_TOKENS = "48"
 
 
-def run_cli(args, capsys) -> tuple[int, dict]:
-    capsys.readouterr()
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr().out
-    return code, json.loads(out) if out.strip().startswith("{") else {"raw": out}
-
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    from nemo_trt.build import tiny
+    from nemo_trt.build.tiny import write_eval_jsonl
 
-    if not hasattr(tiny, "write_eval_jsonl"):
-        pytest.skip("needs the tiny model trained on the eval templates (tiny recipe v6: eval_records)")
-    write_eval_jsonl = tiny.write_eval_jsonl
     root = tmp_path_factory.mktemp("eval-data")
     return {task: str(write_eval_jsonl(task, root / f"tiny_{task}.jsonl")) for task in ("math", "mcq")}
 
@@ -77,7 +65,7 @@ def test_baseline_records_what_the_tiny_model_knows(baseline):
 
 def test_same_checkpoint_passes_against_its_recorded_baseline(reference_server, datasets, baseline, tmp_path, capsys):
     junit = tmp_path / "eval.xml"
-    code, result = run_cli(math_args(reference_server.grpc_url, datasets["math"], tmp_path / "r.json",
+    code, result = run_cli_json(math_args(reference_server.grpc_url, datasets["math"], tmp_path / "r.json",
                                      "--baseline", str(baseline), "--junit", str(junit)), capsys)
     cmp = result["comparison"]
     assert code == 0 and result["passed"] and not cmp["significant_drop"], result
@@ -95,7 +83,7 @@ def test_same_checkpoint_passes_against_its_recorded_baseline(reference_server, 
 
 def test_letter_choices_with_reasoning_on_over_http(reference_server, datasets, tmp_path, capsys):
     out = tmp_path / "mcq.json"
-    code, result = run_cli(["eval", "--dataset", datasets["mcq"], "--task", "mcq", "--reasoning", "on", "-k", "2",
+    code, result = run_cli_json(["eval", "--dataset", datasets["mcq"], "--task", "mcq", "--reasoning", "on", "-k", "2",
                             "--protocol", "http", "--url", reference_server.http_url, "--max-tokens", "96",
                             "--concurrency", "4", "--out", str(out), "--expect", "100±40", "--json"], capsys)
     assert code == 0, result
@@ -138,7 +126,7 @@ def perturbed_server(tiny_checkpoint_dir, tiny_converted_dir, tmp_path_factory):
 
 def test_perturbed_weights_are_a_significant_drop(perturbed_server, datasets, baseline, tmp_path, capsys):
     junit = tmp_path / "eval.xml"
-    code, result = run_cli(math_args(perturbed_server.grpc_url, datasets["math"], tmp_path / "r.json",
+    code, result = run_cli_json(math_args(perturbed_server.grpc_url, datasets["math"], tmp_path / "r.json",
                                      "--baseline", str(baseline), "--junit", str(junit)), capsys)
     cmp = result["comparison"]
     assert code == 1 and not result["passed"] and cmp["significant_drop"], result
@@ -152,7 +140,7 @@ def test_openai_gateway_passes_against_the_same_baseline(reference_server, refer
                                                          tmp_path, capsys):
     gateway = start_gateway(reference_server.grpc_url, reference_repository, tmp_path / "gateway.log")
     try:
-        code, result = run_cli(math_args(gateway.url.split("://", 1)[1], datasets["math"], tmp_path / "r.json",
+        code, result = run_cli_json(math_args(gateway.url.split("://", 1)[1], datasets["math"], tmp_path / "r.json",
                                          "--protocol", "openai", "--baseline", str(baseline)), capsys)
     finally:
         assert stop_gateway(gateway) == 0

@@ -20,20 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.cli_json import run_cli
 from nemo_trt.cli import main
 
 pytestmark = pytest.mark.slow
 
 GOLDEN = Path(__file__).parent / "golden" / "regress_tiny.json"
 
-
-def run_cli(args, capsys) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().out
 
 
 def tiny_labels(tiny_checkpoint_dir: Path) -> dict[str, str]:
@@ -69,7 +62,7 @@ def stale_golden_hint(golden: dict, tiny_checkpoint_dir: Path) -> str:
 def test_golden_passes_against_the_session_server(reference_server, golden_path, tiny_checkpoint_dir, tmp_path,
                                                   capsys):
     junit = tmp_path / "regress.xml"
-    code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", reference_server.grpc_url,
+    code, out, _ = run_cli(["regress", "check", "--golden", str(golden_path), "--url", reference_server.grpc_url,
                          "--concurrency", "2", "--junit", str(junit), "--json", "--timeout", "120"], capsys)
     report = json.loads(out)
     golden = json.loads(golden_path.read_text())
@@ -112,7 +105,7 @@ def test_golden_records_what_ci_needs(golden_path):
 
 def test_properties_only_over_http_without_golden(reference_server, tmp_path, capsys):
     junit = tmp_path / "props.xml"
-    code, out = run_cli(["regress", "check", "--properties-only", "--protocol", "http",
+    code, out, _ = run_cli(["regress", "check", "--properties-only", "--protocol", "http",
                          "--url", reference_server.http_url, "--junit", str(junit), "--json",
                          "--case", "reasoning-on-greedy", "--case", "stop-words", "--case", "non-ascii"], capsys)
     report = json.loads(out)
@@ -159,7 +152,7 @@ def test_perturbed_weights_fail_with_first_divergence(perturbed_server, golden_p
     server, (a, b, first) = perturbed_server
     junit = tmp_path / "regress.xml"
     cases = ["reasoning-off-greedy", SWAP_CASE, "stop-words"]
-    code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", server.grpc_url,
+    code, out, _ = run_cli(["regress", "check", "--golden", str(golden_path), "--url", server.grpc_url,
                          "--junit", str(junit), "--json", *sum((["--case", c] for c in cases), [])], capsys)
     report = json.loads(out)
     assert code == 1 and not report["passed"], "swapping two lm_head rows went unnoticed"
@@ -187,7 +180,7 @@ def test_perturbed_weights_fail_with_first_divergence(perturbed_server, golden_p
 
 def test_perturbed_weights_human_report(perturbed_server, golden_path, capsys):
     server, (_, _, first) = perturbed_server
-    code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", server.grpc_url,
+    code, out, _ = run_cli(["regress", "check", "--golden", str(golden_path), "--url", server.grpc_url,
                          "--case", SWAP_CASE], capsys)
     print(out)
     assert code == 1
@@ -198,7 +191,7 @@ def test_perturbed_weights_human_report(perturbed_server, golden_path, capsys):
 
 def test_repeats_under_in_flight_load_agree_with_golden_and_each_other(reference_server, golden_path, capsys):
     cases = ["reasoning-off-greedy", "reasoning-on-seeded", "stop-words"]
-    code, out = run_cli(["regress", "check", "--golden", str(golden_path), "--url", reference_server.grpc_url,
+    code, out, _ = run_cli(["regress", "check", "--golden", str(golden_path), "--url", reference_server.grpc_url,
                          "--repeat", "3", "--concurrency", "9", "--json",
                          *sum((["--case", c] for c in cases), [])], capsys)
     report = json.loads(out)
