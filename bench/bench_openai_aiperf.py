@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
+    load_start = os.getloadavg()
     os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = str(args.token_interval)
     work = Path(tempfile.mkdtemp(prefix="bench-openai-aiperf-"))
     repo = build_repository(work)
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(command[1:]) + " --url <gateway>",
         "server": "tritonserver 2.51 (CPU) + scripted engine + nemo-trt openai, one machine",
         "token_interval_s": args.token_interval,
+        "load_average_start": [round(x, 2) for x in load_start],
         "load_average": [round(x, 2) for x in os.getloadavg()],
         **{key: export[key] for key in KEPT if key in export},
     }

@@ -1,14 +1,18 @@
 """What the OpenAI gateway costs over talking to Triton directly, interleaved in one run.
 
-One tritonserver on a repository written by the real writer, whose `tensorrt_llm` slot holds
-the TEST-ONLY scripted model (tests/fixtures/scripted_llm: tokens spaced by --token-interval,
-10 ms by default = 100 tokens/s per stream, faster than Super-49B streams on an H100 pair at 16
-sequences; non-streamed answers come at once). The current ensemble hangs at 0-5 ms/token under
-16 streams (issue 9, in the ensemble itself, with or without the gateway): rounds are bounded and
-a hung round ends the run. One
+A repository written by the real writer (the stock layout: preprocessing -> tensorrt_llm ->
+postprocessing), whose `tensorrt_llm` slot holds the TEST-ONLY scripted model
+(tests/fixtures/scripted_llm, the C++ backend's sending pattern: one engine step per
+--token-interval for every active request, streamed or not), served by tritonserver, with one
 gateway process (`nemo-trt openai --repo REPO`, as users run it) in front of it. The same
 requests go (A) straight to the ensemble with tritonclient and (B) through the gateway; the
 paths alternate so that noise on the shared machine hits both alike.
+
+Part 1 runs on a server whose stand-in steps without pause (--request-token-interval 0): the
+engine's 8 steps are the same on both paths, and at 10 ms each they would only bury the
+difference under 80 ms of scheduling noise. Part 2 runs on a second server at --token-interval
+(10 ms by default = 100 tokens/s per stream, faster than Super-49B streams on an H100 pair at
+16 sequences). Rounds are bounded: a hung round ends the run.
 
 1. Per request (sequential, one connection each), an 8-token answer, reasoning off:
    (a) tritonclient gRPC stream API, stream=false    <- baseline
@@ -20,12 +24,14 @@ paths alternate so that noise on the shared machine hits both alike.
    (httpx.AsyncClient). ratio = median tok/s(B) / median tok/s(A)   (target >= 0.95).
 
     python bench/bench_openai_gateway.py [--iterations 300] [--rounds 6] [--tokens 256] [--token-interval 0.01]
+                                         [--request-token-interval 0]
     (results: bench/results/openai_gateway.json)
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -273,40 +279,62 @@ def measure_throughput(grpc_url: str, gateway: str, text: str, tokens: int, roun
 
 
 # --------------------------------------------------------------------------- main
-def run(iterations: int, warmup: int, rounds: int, tokens: int, interval: float, log=print) -> dict:
-    tokenizer = Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
-    work = Path(tempfile.mkdtemp(prefix="bench-openai-gateway-"))
+@contextlib.contextmanager
+def serving(repo: Path, logs: Path, interval: float):  # noqa: ANN201
+    """tritonserver (the stand-in stepping every `interval` s) and a gateway in front of it."""
+    logs.mkdir(parents=True, exist_ok=True)
     os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = str(interval)
-    repo = build_repository(work)
-    with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=work / "server.log",
+    with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=logs / "server.log",
                       startup_timeout=180) as server:
-        gateway_process, gateway = start_gateway(server.grpc_url, repo, work / "gateway.log")
+        gateway_process, gateway = start_gateway(server.grpc_url, repo, logs / "gateway.log")
         try:
-            log(f"triton ready in {server.startup_seconds:.1f} s, gateway at {gateway}; {iterations} interleaved "
-                f"requests per path (+{warmup} warm-up) ...")
-            samples = measure_requests(server.grpc_url, gateway, iterations, warmup)
-            p50 = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
-            log(f"  overhead p50 {p50['gateway_non_streamed'] - p50['direct_non_streamed']:.3f} ms")
-            text = script_text(tokenizer, tokens).replace("<think>", "").replace("</think>", "")
-            log(f"{rounds} rounds x 2 paths of {CONCURRENCY} concurrent streams x {tokens} tokens ...")
-            throughput = measure_throughput(server.grpc_url, gateway, text, tokens, rounds, gateway_process.pid,
-                                            server.process.pid)
+            yield server, gateway_process, gateway
         finally:
             gateway_process.send_signal(signal.SIGINT)
             gateway_process.wait(30)
+
+
+def run(iterations: int, warmup: int, rounds: int, tokens: int, interval: float, request_interval: float = 0.0,
+        log=print) -> dict:
+    load_start = os.getloadavg()
+    tokenizer = Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
+    work = Path(tempfile.mkdtemp(prefix="bench-openai-gateway-"))
+    repo = build_repository(work)
+    with serving(repo, work / "requests", request_interval) as (server, gateway_process, gateway):
+        log(f"triton ready in {server.startup_seconds:.1f} s, gateway at {gateway} (stand-in step "
+            f"{request_interval * 1e3:g} ms); {iterations} interleaved requests per path (+{warmup} warm-up) ...")
+        before = cpu_seconds(gateway_process.pid)
+        samples = measure_requests(server.grpc_url, gateway, iterations, warmup)
+        # the gateway serves only path (b)/(b'): its CPU over their requests (warm-up included)
+        gateway_cpu_us = (cpu_seconds(gateway_process.pid) - before) / (2 * (iterations + warmup)) * 1e6
+        p50 = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+        log(f"  overhead p50 {p50['gateway_non_streamed'] - p50['direct_non_streamed']:.3f} ms")
+    text = script_text(tokenizer, tokens).replace("<think>", "").replace("</think>", "")
+    with serving(repo, work / "throughput", interval) as (server, gateway_process, gateway):
+        log(f"{rounds} rounds x 2 paths of {CONCURRENCY} concurrent streams x {tokens} tokens (stand-in step "
+            f"{interval * 1e3:g} ms) ...")
+        throughput = measure_throughput(server.grpc_url, gateway, text, tokens, rounds, gateway_process.pid,
+                                        server.process.pid)
     latency = {name: percentiles(values) for name, values in samples.items()}
     overhead = p50["gateway_non_streamed"] - p50["direct_non_streamed"]
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average_start": [round(x, 2) for x in load_start],
                     "load_average": [round(x, 2) for x in os.getloadavg()]},
         "server": "tritonserver 2.51 (nvidia-pytriton wheel), python backend, CPU; scripted engine",
         "token_interval_s": interval,
+        "request_token_interval_s": request_interval,
         "gateway": "nemo-trt openai (uvicorn, uvloop, httptools) in its own process",
         "iterations": iterations, "warmup": warmup, "answer_tokens": SHORT_ANSWER_TOKENS,
         "latency_ms": latency,
         "overhead_ms": round(overhead, 3),
         "overhead_streamed_ms": round(p50["gateway_streamed"] - p50["direct_streamed"], 3),
         "overhead_p10_ms": round(latency["gateway_non_streamed"]["p10"] - latency["direct_non_streamed"]["p10"], 3),
+        # each iteration times both paths back to back: the median of those differences is the
+        # least load-sensitive figure on a shared machine
+        "overhead_paired_p50_ms": round(statistics.median(
+            b - a for a, b in zip(samples["direct_non_streamed"], samples["gateway_non_streamed"])) * 1e3, 3),
+        "gateway_cpu_us_per_request": round(gateway_cpu_us, 1),
         "overhead_target_ms": TARGET_OVERHEAD_MS,
         "overhead_meets_target": overhead <= TARGET_OVERHEAD_MS,
         "throughput": throughput,
@@ -323,7 +351,10 @@ def report(result: dict) -> str:
     lines.append(f"overhead p50(gateway) - p50(direct) = {result['overhead_ms']:.3f} ms non-streamed, "
                  f"{result['overhead_streamed_ms']:.3f} ms streamed (target <= {result['overhead_target_ms']} ms: "
                  f"{'met' if result['overhead_meets_target'] else 'MISSED'}); p10 difference "
-                 f"{result['overhead_p10_ms']:.3f} ms")
+                 f"{result['overhead_p10_ms']:.3f} ms, median of paired differences "
+                 f"{result['overhead_paired_p50_ms']:.3f} ms; gateway CPU "
+                 f"{result['gateway_cpu_us_per_request']:.0f} us per request")
+    lines.append(f"load average {result['machine']['load_average_start']} -> {result['machine']['load_average']}")
     t = result["throughput"]
     lines.append(f"{t['concurrency']} streams x {t['tokens_per_stream']} tokens: direct {t['direct_tokens_per_s_p50']} "
                  f"tok/s, gateway {t['gateway_tokens_per_s_p50']} tok/s, ratio {t['ratio']:.3f} (target >= "
@@ -340,10 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6, help="throughput rounds per path (default 6)")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per stream in the throughput part")
     parser.add_argument("--token-interval", type=float, default=0.01,
-                        help="seconds between the scripted engine's streamed tokens (default 0.01)")
+                        help="seconds between the scripted engine's steps in the throughput part (default 0.01)")
+    parser.add_argument("--request-token-interval", type=float, default=0.0,
+                        help="seconds between its steps in the per-request part (default 0: no pause)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
     result = run(args.iterations, args.warmup, args.rounds, args.tokens, args.token_interval,
+                 args.request_token_interval,
                  log=lambda m: print(m, file=sys.stderr))
     print(report(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ class RequestFields:
     """One request's inputs (None = not sent)."""
 
     text_input: bytes | str | None = None
-    messages: bytes | str | None = None
+    messages: bytes | str | list | None = None  # JSON chat, or parsed already (the OpenAI gateway)
     tools: bytes | str | None = None  # OpenAI `tools` JSON (rendered into the first user turn)
     continue_final: bool | None = None  # continue the final assistant message (no new turn)
     reasoning: bytes | str | None = None

@@ -481,3 +481,46 @@ def test_logprobs_when_the_ensemble_returns_them():
         assert info.value.param == "top_logprobs"
     finally:
         g.stop()
+
+
+def test_writes_of_one_loop_turn_leave_in_one_socket_write():
+    """uvicorn writes a response's head and body separately; the gateway's transport hands
+    them over together at the end of the loop turn (serve/openai/coalesce.py)."""
+    import asyncio
+
+    from nemo_trt.serve.openai.coalesce import CoalescingTransport
+
+    class Recorder(asyncio.Transport):
+        def __init__(self):
+            super().__init__()
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def is_closing(self):
+            return self.closed
+
+        def close(self):
+            self.closed = True
+
+        def get_extra_info(self, name, default=None):
+            return ("127.0.0.1", 1) if name == "peername" else default
+
+    async def go():
+        real = Recorder()
+        transport = CoalescingTransport(real, asyncio.get_running_loop())
+        transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        transport.write(b"{}")
+        assert real.writes == []  # held until the end of this turn
+        await asyncio.sleep(0)
+        assert real.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+        transport.write(b"data: 1\n\n")
+        await asyncio.sleep(0)
+        transport.write(b"data: 2\n\n")
+        transport.close()  # what is held goes out before the close
+        assert real.writes[1:] == [b"data: 1\n\n", b"data: 2\n\n"] and real.closed
+        assert transport.get_extra_info("peername") == ("127.0.0.1", 1)
+
+    asyncio.run(go())

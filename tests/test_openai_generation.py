@@ -12,10 +12,13 @@ import asyncio
 import jsonschema
 import pytest
 
-from fixtures.fake_upstream import TOKENIZER, FakeUpstream, last_user
+from fixtures.fake_upstream import TOKENIZER, FakeUpstream, StockLayoutUpstream, last_user
+from nemo_trt.model_facts import load_serving_facts
 from nemo_trt.serve.openai.budget import ThinkingBudget
 from nemo_trt.serve.openai.generation import Generation, GenerationPlan
+from nemo_trt.serve.openai.prompt_length import PromptCounter
 from nemo_trt.serve.openai.tools import ToolPlan
+from nemo_trt.serve.preprocess import RequestFields
 from nemo_trt.serve.openai.upstream import UpstreamRequest, deployment_from_configs
 
 THOUGHT = "The user asks for the capital of France. France is in Europe. Its capital is Paris, a big city."
@@ -29,7 +32,7 @@ def deployment(upstream: FakeUpstream):
     return asyncio.run(load())
 
 
-def run(upstream, tokenizer=TOKENIZER, **plan_kw):
+def run(upstream, tokenizer=TOKENIZER, counter=None, **plan_kw):
     request = plan_kw.pop("request", None) or UpstreamRequest(
         messages=[{"role": "user", "content": "SCRIPT:" + SCRIPT}], reasoning=plan_kw.get("mode", "on"))
     plan_kw.setdefault("mode", "on")
@@ -38,7 +41,7 @@ def run(upstream, tokenizer=TOKENIZER, **plan_kw):
     if "stop" in plan_kw:
         request.stop_words = plan_kw["stop"]
     plan = GenerationPlan(request=request, **plan_kw)
-    generation = Generation(upstream, plan, deployment(upstream), tokenizer)
+    generation = Generation(upstream, plan, deployment(upstream), tokenizer, prompt_counter=counter)
 
     async def go():
         return [e async for e in generation.events()]
@@ -190,3 +193,56 @@ def test_upstream_is_told_the_mode_and_messages():
     run(upstream, client_stream=True)
     sent = upstream.requests[0]
     assert sent.reasoning == "on" and last_user(sent).startswith("SCRIPT:")
+
+
+TOOLS = '[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]'
+
+
+def stock_requests():
+    """Chats whose prompt lengths differ: a client system message, tools, a continued turn."""
+    return [
+        UpstreamRequest(messages=[{"role": "user", "content": "SCRIPT:Paris."}], reasoning="off"),
+        UpstreamRequest(messages=[{"role": "system", "content": "Answer briefly."},
+                                  {"role": "user", "content": "SCRIPT:Paris, 東京 🙂"}], reasoning="on"),
+        UpstreamRequest(messages=[{"role": "user", "content": "SCRIPT:Paris."}], reasoning="off", tools=TOOLS),
+        UpstreamRequest(messages=[{"role": "user", "content": "SCRIPT:Paris."},
+                                  {"role": "assistant", "content": "<think>\nhm"}], reasoning="on",
+                        continue_final=True),
+    ]
+
+
+def preprocessed_length(upstream: StockLayoutUpstream, request: UpstreamRequest) -> int:
+    fields = RequestFields(messages=request.messages, reasoning=request.reasoning, tools=request.tools,
+                           continue_final=request.continue_final)
+    return upstream.preprocessor().prepare(fields).input_len
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_prompt_length_counted_here_once_preprocessing_agreed(stream):
+    """Stock layout: the first prompt length is asked of preprocessing and checked against the
+    gateway's own count; later ones are counted here only (no second preprocessing run in Triton)."""
+    upstream = StockLayoutUpstream()
+    counter = PromptCounter.for_deployment(TOKENIZER, load_serving_facts(), deployment(upstream))
+    assert counter is not None and not counter.trusted
+    for i, request in enumerate(stock_requests()):
+        generation, _ = run(upstream, counter=counter, request=request, mode=request.reasoning,
+                            client_stream=stream)
+        assert generation.outcome.prompt_tokens == preprocessed_length(upstream, request) > 0, i
+        assert counter.trusted and upstream.asked == 1
+
+
+def test_prompt_length_from_preprocessing_when_the_counts_disagree():
+    upstream = StockLayoutUpstream(skew=3)
+    counter = PromptCounter.for_deployment(TOKENIZER, load_serving_facts(), deployment(upstream))
+    answers = []
+    for request in stock_requests():
+        generation, _ = run(upstream, counter=counter, request=request, mode=request.reasoning, client_stream=True)
+        answers.append(generation.outcome.prompt_tokens)
+    assert upstream.asked == 4 and counter is not None and not counter.enabled and not counter.trusted
+    assert answers == [preprocessed_length(upstream, r) + 3 for r in stock_requests()]
+
+
+def test_no_prompt_counter_where_the_stream_has_the_length_or_no_tokenizer():
+    facts = load_serving_facts()
+    assert PromptCounter.for_deployment(TOKENIZER, facts, deployment(FakeUpstream())) is None
+    assert PromptCounter.for_deployment(None, facts, deployment(StockLayoutUpstream())) is None

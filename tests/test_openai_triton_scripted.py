@@ -147,3 +147,39 @@ def test_reasoning_switches_reach_the_prompt(client):
     assert "detailed thinking on" in _prompt(client, turns("PARAMS"))  # the repository's default
     switched = _prompt(client, [{"role": "system", "content": "detailed thinking off"}, *turns("PARAMS")])
     assert "detailed thinking off" in switched
+
+
+def _preprocessing_runs(served) -> int:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(served.endpoints["grpc"])
+    try:
+        stats = client.get_inference_statistics("preprocessing", as_json=True)["model_stats"][0]
+        return int(stats.get("inference_count", 0))
+    finally:
+        client.close()
+
+
+def test_usage_prompt_tokens_are_what_the_engine_received(served, client):
+    """The stock layout streams no prompt length: the gateway counts it with preprocessing's own
+    code once preprocessing agreed on the first request (serve/openai/prompt_length.py). Every
+    count must equal the `input_lengths` the engine slot got, streamed or not, and Triton runs
+    preprocessing once per request (its own step), not twice."""
+    runs = _preprocessing_runs(served)
+    chats = [({"messages": turns("PARAMS")}, {}),
+             ({"messages": [{"role": "system", "content": "Be brief. 東京 🙂"}, *turns("PARAMS")]}, {}),
+             ({"messages": turns("PARAMS"), "tools": [WEATHER]}, {}),
+             ({"messages": turns("PARAMS")}, {"extra_body": {"chat_template_kwargs": {"thinking": False}}})]
+    for stream in (False, True):
+        for body, extra in chats:
+            if stream:
+                chunks = list(client.chat.completions.create(model=MODEL, max_tokens=1500, stream=True,
+                                                              stream_options={"include_usage": True}, **body,
+                                                              **extra))
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                usage = chunks[-1].usage
+            else:
+                answer = client.chat.completions.create(model=MODEL, max_tokens=1500, **body, **extra)
+                text, usage = answer.choices[0].message.content, answer.usage
+            assert usage.prompt_tokens == json.loads(text)["input_lengths"] > 0, (stream, body)
+    assert _preprocessing_runs(served) - runs <= 2 * len(chats) + 1  # + the one check, if not done yet

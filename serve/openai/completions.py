@@ -82,7 +82,7 @@ class CompletionService:
         plan, model = await self.plan(request)
         state.admit()
         generation = Generation(state.upstream, plan, state.deployment, state.tokenizer,  # type: ignore[arg-type]
-                                state.metrics, arrival, state.config.request_timeout)
+                                state.metrics, arrival, state.config.request_timeout, state.prompt_counter)
         ident = "cmpl-" + uuid.uuid4().hex
         created = int(time.time())
         fingerprint = state.deployment.fingerprint if state.deployment else None

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from nemo_trt.serve.openai.budget import ThinkingBudget
 from nemo_trt.serve.openai.metrics import GatewayMetrics
+from nemo_trt.serve.openai.prompt_length import PromptCounter
 from nemo_trt.serve.openai.reasoning import TagScrubber, in_reasoning, reasoning_token_count
 from nemo_trt.serve.openai.stops import StopMatcher
 from nemo_trt.serve.openai.tools import ParsedCall, ToolCallStream, ToolPlan
@@ -79,9 +80,12 @@ class GenerationPlan:
 class Generation:
     def __init__(self, upstream: TritonUpstream, plan: GenerationPlan, deployment: Deployment,
                  tokenizer: Tokenizer | None = None, metrics: GatewayMetrics | None = None,
-                 arrival: float | None = None, timeout: float | None = None):
+                 arrival: float | None = None, timeout: float | None = None,
+                 prompt_counter: PromptCounter | None = None):
         self.upstream = upstream
+        self.prompt_counter = prompt_counter
         self._prompt_len: asyncio.Future[int | None] | None = None
+        self._local_prompt_len: int | None = None  # counted here, to check against preprocessing's
         self.plan = plan
         self.deployment = deployment
         self.tokenizer = tokenizer
@@ -207,10 +211,7 @@ class Generation:
             self._tools.feed(plan.tools.prefill)  # the model continues the opened call
             first = self._leg(first, plan.tools.prefill, first.max_tokens, stream)
         leg: UpstreamRequest | None = first
-        # The prompt length comes from preprocessing in a unary call of its own: asked now, it runs
-        # beside the generation instead of adding a round trip after the last token.
-        self._prompt_len = asyncio.ensure_future(self.upstream.prompt_tokens(first)) \
-            if hasattr(self.upstream, "prompt_tokens") else None
+        self._start_prompt_length(first)
         try:
             async for event in self._legs(first, leg, stream):
                 yield event
@@ -218,9 +219,25 @@ class Generation:
             if self._prompt_len is not None and not self._prompt_len.done():
                 self._prompt_len.cancel()
 
+    def _start_prompt_length(self, first: UpstreamRequest) -> None:
+        """The prompt length, where the ensemble's stream lacks it: counted here once the counter
+        is trusted (prompt_length.py), else asked of preprocessing in a unary call of its own,
+        now, so that it runs beside the generation instead of after its last token."""
+        counter = self.prompt_counter
+        local = counter.count(first) if counter is not None else None
+        if local is not None and counter is not None and counter.trusted:
+            self.outcome.prompt_tokens = local
+            return
+        self._local_prompt_len = local
+        self._prompt_len = asyncio.ensure_future(self.upstream.prompt_tokens(first)) \
+            if hasattr(self.upstream, "prompt_tokens") else None
+
     async def _known_prompt_tokens(self) -> None:
         if not self.outcome.prompt_tokens and self._prompt_len is not None:
-            self.outcome.prompt_tokens = await self._prompt_len or 0
+            served = await self._prompt_len
+            if self._local_prompt_len is not None and self.prompt_counter is not None:
+                self.prompt_counter.check(self._local_prompt_len, served)
+            self.outcome.prompt_tokens = served or 0
 
     async def _legs(self, first: UpstreamRequest, leg: UpstreamRequest | None,
                     stream: bool) -> AsyncGenerator[Event, None]:

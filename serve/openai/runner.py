@@ -2,7 +2,8 @@
 
 The listening socket is bound before uvicorn starts, so port 0 picks a free port that is
 known at once. uvloop and httptools are used where installed (they are dependencies): the
-gateway's own cost per streamed token is mostly the event loop and the HTTP writer.
+gateway's own cost per streamed token is mostly the event loop and the HTTP writer, whose
+writes of one loop turn leave together (coalesce.py).
 """
 from __future__ import annotations
 
@@ -37,11 +38,15 @@ def _uvicorn_config(config: GatewayConfig, log_level: str, access_log: bool, ups
     import uvicorn
 
     from nemo_trt.serve.openai.app import create_app
+    from nemo_trt.serve.openai.coalesce import coalescing_protocol
 
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return uvicorn.Config(create_app(config, upstream_factory), loop=loop, http=http, log_level=log_level,
-                          access_log=access_log, timeout_graceful_shutdown=5, lifespan="on")
+    if importlib.util.find_spec("httptools"):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as http
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as http  # type: ignore[assignment]
+    return uvicorn.Config(create_app(config, upstream_factory), loop=loop, http=coalescing_protocol(http),
+                          log_level=log_level, access_log=access_log, timeout_graceful_shutdown=5, lifespan="on")
 
 
 def url_of(host: str, port: int) -> str:

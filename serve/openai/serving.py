@@ -33,6 +33,7 @@ from nemo_trt.serve.openai.errors import (
 )
 from nemo_trt.serve.openai.generation import Event, Generation
 from nemo_trt.serve.openai.metrics import GatewayMetrics
+from nemo_trt.serve.openai.prompt_length import PromptCounter
 from nemo_trt.serve.openai.protocol import SamplingFields
 from nemo_trt.serve.openai.upstream import Deployment, TritonUpstream, UpstreamError, UpstreamRequest, load_deployment
 
@@ -62,6 +63,7 @@ class GatewayState:
     tokenizer: Tokenizer | None = None
     upstream: TritonUpstream | None = None
     deployment: Deployment | None = None
+    prompt_counter: PromptCounter | None = None  # prompt lengths counted here (prompt_length.py)
     inflight: int = 0
     started: float = field(default_factory=time.time)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -89,10 +91,12 @@ class GatewayState:
         async with self._lock:
             if self.deployment is None:
                 try:
-                    self.deployment = await load_deployment(self.upstream)
+                    deployment = await load_deployment(self.upstream)
                 except Exception as exc:  # noqa: BLE001 - Triton down or the model not loaded yet
                     raise unavailable(f"Triton at {self.config.triton_url} is not ready to serve "
                                       f"`{self.config.model}`: {str(exc).splitlines()[0][:300]}") from None
+                self.deployment = deployment
+                self.prompt_counter = PromptCounter.for_deployment(self.tokenizer, self.facts, deployment)
         return self.deployment
 
     # -- admission ------------------------------------------------------------
