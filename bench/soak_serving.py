@@ -11,6 +11,8 @@ well-formed request finished in the server, RSS at the end within 1.1x of the fi
 minute's, serving afterwards).
 
     python bench/soak_serving.py [--minutes 10] [--clients 128] [--http-share 0.375]
+    python bench/soak_serving.py --pipeline stock --stock-mirror PATH   # the stock ensemble, same mix
+    python bench/soak_serving.py --overlay DIR   # DIR/preprocessing/config.pbtxt etc. replace the written ones
     (results: bench/results/soak_serving.json)
 """
 from __future__ import annotations
