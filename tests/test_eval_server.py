@@ -15,13 +15,13 @@ its recipe changes, and what this module checks is the statistics on one checkpo
 from __future__ import annotations
 
 import json
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from fixtures.cli_json import run_cli_json, start_gateway, stop_gateway
+from fixtures.perturbed_server import permuted_head_server
 from nemo_trt.cli import main
 
 pytestmark = pytest.mark.slow
@@ -100,27 +100,14 @@ def test_letter_choices_with_reasoning_on_over_http(reference_server, datasets, 
 def perturbed_server(tiny_checkpoint_dir, tiny_converted_dir, tmp_path_factory):
     """The tiny model with the lm_head rows of the number tokens 0..20 rotated: where the model would
     write N it writes N-1, so every sum is off by one while the output keeps its shape."""
-    from safetensors.torch import load_file, save_file
     from tokenizers import Tokenizer
-
-    from nemo_trt.serve.launcher import TritonServer
-    from nemo_trt.serve.repo_writer import write_repository
 
     tok = Tokenizer.from_file(str(Path(tiny_checkpoint_dir) / "tokenizer.json"))
     ids = [tok.encode(str(n), add_special_tokens=False).ids for n in range(21)]
     assert all(len(i) == 1 for i in ids)
     ids = [i[0] for i in ids]
-    root = tmp_path_factory.mktemp("eval-perturbed")
-    ckpt = root / "converted"
-    shutil.copytree(tiny_converted_dir, ckpt)
-    shard = sorted(ckpt.glob("rank*.safetensors"))[0]
-    tensors = load_file(str(shard))
-    head = tensors["lm_head.weight"].clone()
-    head[ids] = tensors["lm_head.weight"][ids[1:] + ids[:1]]
-    tensors["lm_head.weight"] = head
-    save_file(tensors, str(shard), metadata={"format": "pt"})
-    repo = write_repository(root / "repository", tokenizer_dir=tiny_checkpoint_dir, reference_dir=ckpt)
-    with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=300) as server:
+    with permuted_head_server(tiny_converted_dir, tiny_checkpoint_dir, tmp_path_factory.mktemp("eval-perturbed"),
+                              ids, ids[1:] + ids[:1]) as server:
         yield server
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from fixtures.cli_json import run_cli
+from fixtures.perturbed_server import permuted_head_server
 from nemo_trt.cli import main
 
 pytestmark = pytest.mark.slow
@@ -126,25 +126,11 @@ def perturbed_server(tiny_checkpoint_dir, tiny_converted_dir, golden_path, tmp_p
     Swapping the rows of a token A that the golden emits with another token B makes greedy decoding
     emit B exactly where it emitted A first: a weight change whose effect the test can predict.
     """
-    from safetensors.torch import load_file, save_file
-
-    from nemo_trt.serve.launcher import TritonServer
-    from nemo_trt.serve.repo_writer import write_repository
-
     golden_ids = json.loads(golden_path.read_text())["cases"][SWAP_CASE]["token_ids"]
     a = golden_ids[min(10, len(golden_ids) - 1)]
     b = a + 1 if a + 1 not in golden_ids else a + 2
-    root = tmp_path_factory.mktemp("perturbed")
-    ckpt = root / "converted"
-    shutil.copytree(tiny_converted_dir, ckpt)
-    shard = sorted(ckpt.glob("rank*.safetensors"))[0]
-    tensors = load_file(str(shard))
-    head = tensors["lm_head.weight"].clone()
-    head[[a, b]] = head[[b, a]]
-    tensors["lm_head.weight"] = head
-    save_file(tensors, str(shard), metadata={"format": "pt"})
-    repo = write_repository(root / "repository", tokenizer_dir=tiny_checkpoint_dir, reference_dir=ckpt)
-    with TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=300) as server:
+    with permuted_head_server(tiny_converted_dir, tiny_checkpoint_dir, tmp_path_factory.mktemp("perturbed"),
+                              [a, b], [b, a]) as server:
         yield server, (a, b, golden_ids.index(a))
 
 
