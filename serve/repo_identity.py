@@ -23,6 +23,8 @@ from nemo_trt.hashing import sha256_file
 IDENTITY_PARAMETER = "nemo_trt_repository"
 IDENTITY_FORMAT = "nemo-trt-repository-identity/1"
 ENGINE_ID_CHARS = 16
+# The tokenizer files a repository serves (copied into preprocessing/tokenizer by the writer).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # trtllm-build flags whose values are paths of this build, not properties of the engine.
 PATH_FLAGS = ("--checkpoint_dir", "--output_dir", "--model_config", "--build_config", "--lora_dir")
 
@@ -31,6 +33,11 @@ def digest(data: Any) -> str:
     """sha256 of canonical JSON (sorted keys, no whitespace)."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
+
+
+def tokenizer_file_hashes(directory: Path) -> dict[str, str]:
+    """{file name: sha256} of the tokenizer files in `directory` (what `tokenizer_sha256` digests)."""
+    return {name: sha256_file(directory / name) for name in TOKENIZER_FILES if (directory / name).is_file()}
 
 
 def build_argv_digest(argv: list[str]) -> str | None:

@@ -39,10 +39,9 @@ from nemo_trt.resources import model_repository_dir
 from nemo_trt.serve.postprocess import DEFAULT_STREAM_CAPACITY
 from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE, token_ensemble_config, token_ensemble_text
 from nemo_trt.serve.repo_identity import (identity_from_model_config, identity_parameter_value, make_identity,
-                                         reference_checkpoint_identity, trtllm_engine_identity)
+                                         reference_checkpoint_identity, tokenizer_file_hashes, trtllm_engine_identity)
 
 MANIFEST_NAME = "nemo_trt_repository.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 TOKENIZER_SUBDIR = "tokenizer"  # inside preprocessing/: a top-level dir would be loaded as a model
 EXECUTOR_WORKER = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
 DEFAULT_MAX_TOKENS = 4096
@@ -317,8 +316,7 @@ def _check_tokenizer(tokenizer_dir: Path, vocab_size: Any) -> dict[str, str]:
         raise NemoTrtError(f"the tokenizer has {size} tokens but the model's vocabulary is {vocab_size}: "
                            "they do not belong together",
                            "pass --tokenizer the tokenizer of the checkpoint the engine/reference was built from")
-    return {name: hashlib.sha256((tokenizer_dir / name).read_bytes()).hexdigest()
-            for name in TOKENIZER_FILES if (tokenizer_dir / name).is_file()}
+    return tokenizer_file_hashes(tokenizer_dir)
 
 
 def _copy_tokenizer(tokenizer_dir: Path, target: Path, files: dict[str, str]) -> None:

@@ -183,3 +183,62 @@ def test_usage_prompt_tokens_are_what_the_engine_received(served, client):
                 text, usage = answer.choices[0].message.content, answer.usage
             assert usage.prompt_tokens == json.loads(text)["input_lengths"] > 0, (stream, body)
     assert _preprocessing_runs(served) - runs <= 2 * len(chats) + 1  # + the one check, if not done yet
+
+
+def _model_runs(served, model: str) -> int:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(served.endpoints["grpc"])
+    try:
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        return int(stats.get("inference_stats", {}).get("success", {}).get("count", 0))
+    finally:
+        client.close()
+
+
+def test_the_gateway_makes_the_text_from_token_ids_and_equals_the_text_ensemble(served, client):
+    """`serve --openai-port` has the repository's tokenizer: the gateway calls `ensemble_tokens` (no
+    postprocessing step per token) and detokenizes itself. A second gateway with --no-detokenize reads
+    text_output from `ensemble`; both give the same answers, streamed and not, tool calls included."""
+    before = {m: _model_runs(served, m) for m in ("ensemble", "ensemble_tokens", "postprocessing")}
+    text = "SCRIPT:<think>\nLet me see: 你好, café 🙂👍🏽\n</think>\n\nThe answer is 42 🎉 日本語."
+    bodies = [{"messages": turns(text)}, {"messages": turns("SCRIPT:" + CALLS), "tools": [WEATHER]}]
+
+    def answers(openai_client):
+        out = []
+        for body in bodies:
+            whole = openai_client.chat.completions.create(model=MODEL, **body).model_dump()
+            chunks = list(openai_client.chat.completions.create(model=MODEL, stream=True, **body))
+            out.append((whole["choices"][0]["message"], whole["choices"][0]["finish_reason"], whole["usage"],
+                        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                        "".join(getattr(c.choices[0].delta, "reasoning_content", None) or ""
+                                for c in chunks if c.choices)))
+        return out
+
+    tokens_path = answers(client)
+    after = {m: _model_runs(served, m) for m in before}
+    assert after["ensemble_tokens"] - before["ensemble_tokens"] == 2 * len(bodies)
+    assert after["ensemble"] == before["ensemble"] and after["postprocessing"] == before["postprocessing"]
+    assert tokens_path[0][0]["reasoning_content"] == "Let me see: 你好, café 🙂👍🏽"
+    assert tokens_path[0][0]["content"] == "The answer is 42 🎉 日本語." == tokens_path[0][3]
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nemo_trt.cli", "openai", "--triton", served.endpoints["grpc"], "--port", "0",
+         "--no-detokenize", "--api-key", "k3y", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = read_json_block(process.stdout)["openai"]
+        text_path = answers(openai.OpenAI(base_url=url, api_key="k3y", max_retries=0, timeout=60))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert _model_runs(served, "ensemble") - after["ensemble"] == 2 * len(bodies)
+
+    def comparable(answer):
+        message, finish, usage, streamed, streamed_reasoning = answer
+        calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
+        return (message["content"], message.get("reasoning_content"), calls, finish, usage["completion_tokens"],
+                streamed, streamed_reasoning)
+
+    assert [comparable(a) for a in tokens_path] == [comparable(a) for a in text_path]

@@ -23,6 +23,10 @@ def gateway_options(command):  # noqa: ANN001, ANN201 - click decorator
                      help="Give up on a generation after this long [default: no limit]."),
         click.option("--access-log/--no-access-log", default=False, show_default=True,
                      help="Log one line per HTTP request."),
+        click.option("--detokenize/--no-detokenize", default=True, show_default=True,
+                     help="With the served tokenizer at hand (--repo/--tokenizer, checked against the "
+                          "repository's identity), call `ensemble_tokens` and make the text in the gateway: no "
+                          "per-token Python step in Triton. --no-detokenize reads text_output from the ensemble."),
     ]):
         command = option(command)
     return command
@@ -35,8 +39,8 @@ def gateway_options(command):  # noqa: ANN001, ANN201 - click decorator
               help="Address to listen on. Use 0.0.0.0 only on a trusted network or with --api-key.")
 @click.option("--port", type=click.IntRange(0, 65535), default=9000, show_default=True, help="0 = any free port.")
 @click.option("--repo", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              metavar="DIR", help="The served model repository, if it is on this machine: its tokenizer is used "
-                                  "to count reasoning tokens of non-streamed answers without streaming them.")
+              metavar="DIR", help="The served model repository, if it is on this machine: its tokenizer makes the "
+                                  "text from token ids (--detokenize) and counts prompt and reasoning tokens.")
 @click.option("--tokenizer", "tokenizer_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, metavar="DIR", help="A directory with the served tokenizer.json (instead of --repo).")
 @click.option("--model", "triton_model", default="ensemble", show_default=True,
@@ -44,7 +48,7 @@ def gateway_options(command):  # noqa: ANN001, ANN201 - click decorator
 @gateway_options
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON line once listening.")
 def command(triton_url, host, port, repo, tokenizer_dir, triton_model, api_key, max_inflight, served_model_name,
-            request_timeout, access_log, as_json):
+            request_timeout, access_log, detokenize, as_json):
     """Serve the OpenAI API (chat, completions, models, health, metrics) against Triton.
 
     \b
@@ -68,7 +72,7 @@ def command(triton_url, host, port, repo, tokenizer_dir, triton_model, api_key, 
     config = GatewayConfig(
         triton_url=normalize_url(triton_url, "grpc"), model=triton_model, served_model_name=served_model_name,
         api_key=api_key or None, max_inflight=max_inflight, tokenizer_dir=resolve_tokenizer(repo, tokenizer_dir),
-        request_timeout=request_timeout)
+        request_timeout=request_timeout, detokenize=detokenize)
 
     def ready(url: str) -> None:
         endpoints = {"openai": f"{url}/v1", "triton": config.triton_url, "auth": bool(config.api_key),

@@ -40,7 +40,7 @@ from nemo_trt.console import console, err_console, print_json
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON line once ready.")
 def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_control_mode, log_file, mpi_hostfile,
             tritonserver, startup_timeout, openai_port, api_key, max_inflight, served_model_name, request_timeout,
-            access_log, as_json):
+            access_log, detokenize, as_json):
     """Start Triton on a model repository; Ctrl-C stops it cleanly.
 
     \b
@@ -81,7 +81,7 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
                      "world_size": server.world_size, "pid": server.pid}
         if openai_port is not None:
             gateway = _start_gateway(server, repo, host, openai_port, api_key, max_inflight, served_model_name,
-                                     request_timeout, access_log)
+                                     request_timeout, access_log, detokenize)
             endpoints["openai"] = f"{gateway.url}/v1"
         if as_json:
             print_json(endpoints)
@@ -104,7 +104,7 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
 
 
 def _start_gateway(server, repo, host, port, api_key, max_inflight, served_model_name, request_timeout,
-                   access_log):
+                   access_log, detokenize=True):
     from pathlib import Path
 
     from nemo_trt.commands.openai_gateway import resolve_tokenizer
@@ -113,7 +113,7 @@ def _start_gateway(server, repo, host, port, api_key, max_inflight, served_model
 
     config = GatewayConfig(triton_url=server.grpc_url, served_model_name=served_model_name, api_key=api_key or None,
                            max_inflight=max_inflight, tokenizer_dir=resolve_tokenizer(Path(repo), None),
-                           request_timeout=request_timeout)
+                           request_timeout=request_timeout, detokenize=detokenize)
     return GatewayThread(config, host=host, port=port, access_log=access_log).start()
 
 

@@ -30,6 +30,7 @@ from nemo_trt.serve.openai.metrics import CONTENT_TYPE, GatewayMetrics
 from nemo_trt.serve.openai.protocol import ChatCompletionRequest, CompletionRequest
 from nemo_trt.serve.openai.serving import GatewayConfig, GatewayState, log
 from nemo_trt.serve.openai.upstream import TritonUpstream
+from nemo_trt.serve.repo_identity import digest, tokenizer_file_hashes
 
 OPEN_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/metrics", "/v1/metrics", "/health"})
 
@@ -114,7 +115,9 @@ def create_app(config: GatewayConfig, upstream_factory: Callable[[], TritonUpstr
     metrics = GatewayMetrics(config.served_model_name or DEFAULT_MODEL, config.max_inflight)
     tokenizer = load_tokenizer(str(config.tokenizer_dir)) if config.tokenizer_dir is not None else None
     state = GatewayState(config=config, metrics=metrics, auth=ApiKeyAuth.from_env(config.api_key),
-                         tokenizer=tokenizer)
+                         tokenizer=tokenizer,
+                         tokenizer_sha256=digest(tokenizer_file_hashes(config.tokenizer_dir))
+                         if config.tokenizer_dir is not None else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

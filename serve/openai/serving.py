@@ -51,6 +51,7 @@ class GatewayConfig:
     max_inflight: int = 0  # 0: no limit
     max_body_bytes: int = 16 * 1024 * 1024
     tokenizer_dir: Path | None = None
+    detokenize: bool = True  # make text from ids here (ensemble_tokens) when the served tokenizer is at hand
     request_timeout: float | None = None  # seconds one upstream generation may take
     channels: int = 1
 
@@ -64,6 +65,7 @@ class GatewayState:
     upstream: TritonUpstream | None = None
     deployment: Deployment | None = None
     prompt_counter: PromptCounter | None = None  # prompt lengths counted here (prompt_length.py)
+    tokenizer_sha256: str | None = None  # the tokenizer files' digest, as the repository identity has it
     inflight: int = 0
     started: float = field(default_factory=time.time)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -90,8 +92,9 @@ class GatewayState:
         assert self.upstream is not None
         async with self._lock:
             if self.deployment is None:
+                tokenizer = self.tokenizer if self.config.detokenize else None
                 try:
-                    deployment = await load_deployment(self.upstream)
+                    deployment = await load_deployment(self.upstream, tokenizer, self.tokenizer_sha256)
                 except Exception as exc:  # noqa: BLE001 - Triton down or the model not loaded yet
                     raise unavailable(f"Triton at {self.config.triton_url} is not ready to serve "
                                       f"`{self.config.model}`: {str(exc).splitlines()[0][:300]}") from None

@@ -11,20 +11,31 @@ cancels the gRPC call, which cancels the request inside Triton (generate checks 
 Requests are built as protobufs straight from their values; only the outputs the gateway
 reads are requested, and they are read straight from the response's raw contents (one
 element each): no numpy round trip per request or per streamed token.
+
+With the served tokenizer at hand (and the repository's identity confirming it is the
+served one) the gateway calls `ensemble_tokens` instead and turns ids into text itself
+(nemo_trt.serve.token_ensemble says why): one IncrementalDetokenizer per generation, flushed
+on the final response.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
+
+from nemo_trt.serve.detokenize import IncrementalDetokenizer
+from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE, TOKEN_OUTPUTS
 
 ENSEMBLE = "ensemble"
 PREPROCESSING = "preprocessing"
+log = logging.getLogger("nemo_trt.openai")
 
 
 class UpstreamError(Exception):
@@ -126,6 +137,10 @@ class UpstreamRequest:
             names.append("output_log_probs")
         return [n for n in names if not available or n in available]
 
+    def token_outputs(self) -> list[str]:
+        """What the gateway reads of `ensemble_tokens`."""
+        return [*TOKEN_OUTPUTS, "output_log_probs"] if self.return_log_probs else list(TOKEN_OUTPUTS)
+
     def preprocessing_tensors(self) -> list[tuple[str, str, np.ndarray]]:
         """The `preprocessing` model's inputs for this request (to ask it for the prompt length)."""
         names = {"messages": "MESSAGES", "reasoning": "REASONING", "tools": "TOOLS",
@@ -173,6 +188,34 @@ def parse_response(response: Any) -> UpstreamDelta:
         log_probs=np.frombuffer(log_probs, dtype=np.float32).tolist() if log_probs is not None else None,
         final=bool(final.bool_param) if final is not None else False,
     )
+
+
+def parse_token_response(response: Any, detokenizer: IncrementalDetokenizer, before: int) -> UpstreamDelta:
+    """A ModelInferResponse of `ensemble_tokens` -> UpstreamDelta, its text made here.
+
+    `before`: tokens of this generation in earlier responses. The ids are output_ids[:sequence_length]
+    (beam 0); the final response also flushes what the detokenizer held back."""
+    values: dict[str, bytes] = {}
+    for index, output in enumerate(response.outputs):
+        if index < len(response.raw_output_contents):
+            values[output.name] = response.raw_output_contents[index]
+    final_param = response.parameters.get("triton_final_response")
+    final = bool(final_param.bool_param) if final_param is not None else False
+    raw = values.get("output_ids") or b""
+    ids = np.frombuffer(raw, dtype=np.int32)
+    length = values.get("sequence_length")
+    if length and len(length) >= 4:
+        ids = ids[:max(0, struct.unpack_from("<i", length, 0)[0])]
+    token_ids = ids.tolist()
+    text = detokenizer.add_many(token_ids)
+    if final:
+        text += detokenizer.finish()
+    log_probs = values.get("output_log_probs")
+    return UpstreamDelta(
+        text=text, num_output_tokens=before + len(token_ids), num_input_tokens=None, token_ids=token_ids,
+        log_probs=np.frombuffer(log_probs, dtype=np.float32)[:len(token_ids)].tolist()
+        if log_probs is not None else None,
+        final=final)
 
 
 def classify(message: str) -> UpstreamError:
@@ -256,6 +299,9 @@ class TritonUpstream:
         self._next_stub = 0
         self._idle: list[_Stream] = []
         self.outputs: frozenset[str] = frozenset()  # the ensemble's outputs, once known
+        # Set by load_deployment when the gateway makes the text itself (ensemble_tokens).
+        self.tokenizer: Tokenizer | None = None
+        self.token_model: str | None = None
 
     def _client(self):  # noqa: ANN202 - tritonclient has no type hints
         self._next = (self._next + 1) % len(self._clients)
@@ -288,7 +334,7 @@ class TritonUpstream:
         client = self._clients[0]
         try:
             return bool(await client.is_server_ready(client_timeout=timeout)) and \
-                bool(await client.is_model_ready(self.model, client_timeout=timeout))
+                bool(await client.is_model_ready(self.token_model or self.model, client_timeout=timeout))
         except Exception:  # noqa: BLE001 - any failure means "not ready"
             return False
 
@@ -324,7 +370,11 @@ class TritonUpstream:
         """Deltas of one generation; leaving the loop early cancels it inside Triton."""
         import grpc
 
-        body = request.infer_request(self.model, request.outputs(self.outputs))
+        detokenizer = IncrementalDetokenizer(self.tokenizer) \
+            if self.token_model is not None and self.tokenizer is not None else None
+        body = request.infer_request(self.model, request.outputs(self.outputs)) if detokenizer is None \
+            else request.infer_request(self.token_model, request.token_outputs())
+        tokens = 0
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         stream = self._acquire()
         stream.send(body)
@@ -360,7 +410,11 @@ class TritonUpstream:
                 if response.error_message:
                     # the stream is not reused after an error: nothing of it may reach the next request
                     raise classify(response.error_message)
-                delta = parse_response(response.infer_response)
+                if detokenizer is None:
+                    delta = parse_response(response.infer_response)
+                else:
+                    delta = parse_token_response(response.infer_response, detokenizer, tokens)
+                    tokens = delta.num_output_tokens or 0
                 if delta.final:
                     finished = True
                     self._release(stream)
@@ -439,7 +493,11 @@ def deployment_from_configs(ensemble: dict[str, Any], preprocessing: dict[str, A
     )
 
 
-async def load_deployment(upstream: TritonUpstream) -> Deployment:
+async def load_deployment(upstream: TritonUpstream, tokenizer: Tokenizer | None = None,
+                          tokenizer_sha256: str | None = None) -> Deployment:
+    """The deployment's facts; with `tokenizer` (and its files' digest, `tokenizer_sha256` of
+    the repository identity) the upstream is switched to `ensemble_tokens` where the repository
+    has it and it is the served tokenizer."""
     ensemble = await upstream.model_config(upstream.model)
     try:
         preprocessing: dict[str, Any] | None = await upstream.model_config(PREPROCESSING)
@@ -447,4 +505,25 @@ async def load_deployment(upstream: TritonUpstream) -> Deployment:
         preprocessing = None
     deployment = deployment_from_configs(ensemble, preprocessing)
     upstream.outputs = deployment.outputs
+    if tokenizer is not None and upstream.model == ENSEMBLE:
+        await _use_token_model(upstream, deployment, tokenizer, tokenizer_sha256)
     return deployment
+
+
+async def _use_token_model(upstream: TritonUpstream, deployment: Deployment, tokenizer: Tokenizer,
+                           tokenizer_sha256: str | None) -> None:
+    served = deployment.identity.get("tokenizer_sha256")
+    if served is None or served != tokenizer_sha256:
+        log.warning("the gateway's tokenizer is not the one the repository serves (tokenizer_sha256 %s, served "
+                    "%s): reading text_output from `%s`", tokenizer_sha256, served, upstream.model)
+        return
+    try:
+        config = await upstream.model_config(TOKEN_ENSEMBLE)
+    except Exception:  # noqa: BLE001 - a repository written before ensemble_tokens existed
+        log.info("no `%s` model on Triton: reading text_output from `%s`", TOKEN_ENSEMBLE, upstream.model)
+        return
+    if not set(TOKEN_OUTPUTS) <= {o["name"] for o in config.get("output", [])}:
+        log.warning("`%s` lacks %s: reading text_output from `%s`", TOKEN_ENSEMBLE, TOKEN_OUTPUTS, upstream.model)
+        return
+    upstream.tokenizer, upstream.token_model = tokenizer, TOKEN_ENSEMBLE
+    log.info("generating through `%s`: token ids from Triton, text made in the gateway", TOKEN_ENSEMBLE)
