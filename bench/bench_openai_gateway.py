@@ -4,9 +4,13 @@ A repository written by the real writer (the stock layout: preprocessing -> tens
 postprocessing), whose `tensorrt_llm` slot holds the TEST-ONLY scripted model
 (tests/fixtures/scripted_llm, the C++ backend's sending pattern: one engine step per
 --token-interval for every active request, streamed or not), served by tritonserver, with one
-gateway process (`nemo-trt openai --repo REPO`, as users run it) in front of it. The same
-requests go (A) straight to the ensemble with tritonclient and (B) through the gateway; the
-paths alternate so that noise on the shared machine hits both alike.
+gateway process (`nemo-trt openai --repo REPO`, as users run it) in front of it. With the
+repository's tokenizer the gateway calls `ensemble_tokens` and makes the text itself
+(nemo_trt.serve.token_ensemble). The same requests go (A) straight to `ensemble_tokens` with
+tritonclient, the text made client-side the same way (TextStream) — the same Triton work as the
+gateway's, so B - A is what the gateway adds; (B) through the gateway; and (C) straight to the
+text `ensemble` (text_output made in Triton, what a stock Triton client calls), for comparison.
+The paths alternate so that noise on the shared machine hits all alike.
 
 Part 1 runs on a server whose stand-in steps without pause (--request-token-interval 0): the
 engine's 8 steps are the same on both paths, and at 10 ms each they would only bury the
@@ -15,13 +19,15 @@ difference under 80 ms of scheduling noise. Part 2 runs on a second server at --
 16 sequences). Rounds are bounded: a hung round ends the run.
 
 1. Per request (sequential, one connection each), an 8-token answer, reasoning off:
-   (a) tritonclient gRPC stream API, stream=false    <- baseline
-   (b) POST /v1/chat/completions, non-streamed, httpx keep-alive
-   (a') / (b') the same, streamed (time to the last token)
-   overhead = p50(b) - p50(a)   (target <= 1 ms); also p50(b') - p50(a').
-2. Delivered tokens/s with 16 concurrent streams of N tokens, rounds alternating A/B:
-   (A) tritonclient.grpc.aio streams; (B) openai-style SSE streams through the gateway
-   (httpx.AsyncClient). ratio = median tok/s(B) / median tok/s(A)   (target >= 0.95).
+   (a) tritonclient gRPC stream API to ensemble_tokens, stream=false, text made client-side <- baseline
+   (b) POST /v1/chat/completions, non-streamed, keep-alive
+   (c) tritonclient to the text ensemble
+   (a') / (b') / (c') the same, streamed (time to the last token's text)
+   overhead = p50(b) - p50(a)   (target <= 1 ms); also p50(b') - p50(a') and p50(b) - p50(c).
+2. Delivered tokens/s with 16 concurrent streams of N tokens, rounds alternating A/B/C:
+   (A) tritonclient.grpc.aio streams of ensemble_tokens + TextStream; (B) openai-style SSE streams
+   through the gateway (httpx.AsyncClient); (C) tritonclient.grpc.aio streams of the text ensemble.
+   ratio = median tok/s(B) / median tok/s(A)   (target >= 0.95); also B / C.
 
     python bench/bench_openai_gateway.py [--iterations 300] [--rounds 6] [--tokens 256] [--token-interval 0.01]
                                          [--request-token-interval 0]
@@ -63,6 +69,8 @@ from bench_serving_overhead import (  # noqa: E402
 )
 
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
+from nemo_trt.serve.postprocess import TextStream  # noqa: E402
+from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE, TOKEN_OUTPUTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "openai_gateway.json"
@@ -125,7 +133,8 @@ class Http:
         self.connection.close()
 
 
-def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int) -> dict[str, list[float]]:
+def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int,
+                     tokenizer: Tokenizer) -> dict[str, list[float]]:
     stream = Stream(grpc_url)
     client = Http(gateway)
     whole_in = ensemble_inputs(SHORT_ANSWER, 16, stream=False)
@@ -137,6 +146,32 @@ def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int) 
         start, got = stream.request("ensemble", whole_in)
         assert got[-1][1]["text_output"].reshape(-1)[0].decode() == SHORT_ANSWER
         return got[-1][0] - start
+
+    def tokens_text(got) -> tuple[float, str]:
+        """ensemble_tokens' responses -> (when the last text was made, the text made client-side): each
+        response's arrival plus what making its text took, as if made when it arrived (as the gateway does)."""
+        text_stream, text, last = TextStream(tokenizer), "", 0.0
+        for i, (arrived, outputs) in enumerate(got):
+            began = time.perf_counter()
+            ids = outputs["output_ids"].reshape(-1)[:int(outputs["sequence_length"].reshape(-1)[0])]
+            delta = text_stream.feed(ids.tolist()).text
+            if i == len(got) - 1:
+                delta += text_stream.finish().text
+            if delta:
+                text, last = text + delta, arrived + time.perf_counter() - began
+        return last, text
+
+    def direct_tokens_whole():
+        start, got = stream.request(TOKEN_ENSEMBLE, whole_in)
+        last, text = tokens_text(got)
+        assert text == SHORT_ANSWER, text
+        return last - start
+
+    def direct_tokens_streamed():
+        start, got = stream.request(TOKEN_ENSEMBLE, streamed_in)
+        last, text = tokens_text(got)
+        assert text == SHORT_ANSWER, text
+        return last - start
 
     def gateway_whole():
         start = time.perf_counter()
@@ -168,8 +203,9 @@ def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int) 
         assert text == SHORT_ANSWER, text
         return last - start
 
-    paths = {"direct_non_streamed": direct_whole, "gateway_non_streamed": gateway_whole,
-             "direct_streamed": direct_streamed, "gateway_streamed": gateway_streamed}
+    paths = {"direct_non_streamed": direct_whole, "direct_tokens_non_streamed": direct_tokens_whole,
+             "gateway_non_streamed": gateway_whole, "direct_streamed": direct_streamed,
+             "direct_tokens_streamed": direct_tokens_streamed, "gateway_streamed": gateway_streamed}
     samples: dict[str, list[float]] = {name: [] for name in paths}
     try:
         for i in range(warmup + iterations):
@@ -201,6 +237,41 @@ async def direct_round(grpc_url: str, text: str, tokens: int) -> tuple[int, floa
             final = result.get_response().parameters.get("triton_final_response")
             if final is not None and final.bool_param:
                 return int(result.as_numpy("num_output_tokens").reshape(-1)[0])
+        return 0
+
+    try:
+        start = time.perf_counter()
+        counts = await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+        return sum(counts), time.perf_counter() - start
+    finally:
+        await client.close()
+
+
+async def direct_tokens_round(grpc_url: str, text: str, tokens: int, tokenizer: Tokenizer) -> tuple[int, float]:
+    """16 concurrent ensemble_tokens streams, each response's ids made into text client-side (what
+    the gateway does with them): the same Triton work as the gateway path, without HTTP."""
+    client = grpcaio.InferenceServerClient(grpc_url)
+
+    async def one() -> int:
+        inputs = ensemble_inputs(text, tokens, stream=True)
+        text_stream, count = TextStream(tokenizer), 0
+
+        async def requests():
+            yield {"model_name": TOKEN_ENSEMBLE, "inputs": inputs,
+                   "outputs": [grpcclient.InferRequestedOutput(n) for n in TOKEN_OUTPUTS]}
+
+        async for result, error in client.stream_infer(requests()):
+            assert error is None, error
+            response = result.get_response()
+            ids = result.as_numpy("output_ids")
+            if ids is not None:
+                ids = ids.reshape(-1)[:int(result.as_numpy("sequence_length").reshape(-1)[0])]
+                text_stream.feed(ids.tolist())
+                count += len(ids)
+            final = response.parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                text_stream.finish()
+                return count
         return 0
 
     try:
@@ -252,27 +323,39 @@ def bounded(coroutine, what: str):  # noqa: ANN001, ANN201
 
 
 def measure_throughput(grpc_url: str, gateway: str, text: str, tokens: int, rounds: int, gateway_pid: int,
-                       triton_pid: int) -> dict:
-    bounded(direct_round(grpc_url, text, tokens), "warm-up, direct")
-    bounded(gateway_round(gateway, text, tokens), "warm-up, gateway")
-    runs: dict[str, list[float]] = {"direct": [], "gateway": []}
+                       triton_pid: int, tokenizer: Tokenizer) -> dict:
+    def round_of(path: str):  # noqa: ANN202
+        if path == "direct":
+            return direct_round(grpc_url, text, tokens)
+        if path == "direct_tokens":
+            return direct_tokens_round(grpc_url, text, tokens, tokenizer)
+        return gateway_round(gateway, text, tokens)
+
+    paths = ("direct", "direct_tokens", "gateway")
+    for path in paths:
+        bounded(round_of(path), f"warm-up, {path}")
+    runs: dict[str, list[float]] = {path: [] for path in paths}
     cpu: dict[str, dict[str, list[float]]] = {p: {"gateway": [], "triton": [], "client": []} for p in runs}
     for i in range(rounds):
-        order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
+        order = paths if i % 2 == 0 else paths[::-1]
         for path in order:
             before = (cpu_seconds(gateway_pid), cpu_seconds(triton_pid, tree=True), time.process_time())
-            count, seconds = bounded(direct_round(grpc_url, text, tokens) if path == "direct"
-                                     else gateway_round(gateway, text, tokens), f"round {i + 1}, {path}")
+            count, seconds = bounded(round_of(path), f"round {i + 1}, {path}")
             after = (cpu_seconds(gateway_pid), cpu_seconds(triton_pid, tree=True), time.process_time())
             assert count == CONCURRENCY * tokens, (path, count)
             runs[path].append(count / seconds)
             for name, b, a in zip(("gateway", "triton", "client"), before, after):
                 cpu[path][name].append((a - b) / count * 1e6)
     direct, through = statistics.median(runs["direct"]), statistics.median(runs["gateway"])
+    same = statistics.median(runs["direct_tokens"])
     return {"concurrency": CONCURRENCY, "tokens_per_stream": tokens, "rounds": rounds,
             "tokens_per_s": {k: [round(v, 1) for v in vs] for k, vs in runs.items()},
             "direct_tokens_per_s_p50": round(direct, 1), "gateway_tokens_per_s_p50": round(through, 1),
-            "ratio": round(through / direct, 4),
+            "direct_token_model_tokens_per_s_p50": round(same, 1),
+            # the gateway calls ensemble_tokens: its overhead is measured against a tritonclient client
+            # of that same model that makes the text itself; against the text ensemble (what a stock
+            # Triton client calls) for comparison
+            "ratio": round(through / same, 4), "ratio_vs_text_ensemble": round(through / direct, 4),
             # CPU spent per delivered token (µs, p50 of the rounds): where the difference goes
             "cpu_us_per_token": {path: {name: round(statistics.median(v), 1) for name, v in parts.items()}
                                  for path, parts in cpu.items()}}
@@ -304,19 +387,20 @@ def run(iterations: int, warmup: int, rounds: int, tokens: int, interval: float,
         log(f"triton ready in {server.startup_seconds:.1f} s, gateway at {gateway} (stand-in step "
             f"{request_interval * 1e3:g} ms); {iterations} interleaved requests per path (+{warmup} warm-up) ...")
         before = cpu_seconds(gateway_process.pid)
-        samples = measure_requests(server.grpc_url, gateway, iterations, warmup)
+        samples = measure_requests(server.grpc_url, gateway, iterations, warmup, tokenizer)
         # the gateway serves only path (b)/(b'): its CPU over their requests (warm-up included)
         gateway_cpu_us = (cpu_seconds(gateway_process.pid) - before) / (2 * (iterations + warmup)) * 1e6
         p50 = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
-        log(f"  overhead p50 {p50['gateway_non_streamed'] - p50['direct_non_streamed']:.3f} ms")
+        log(f"  overhead p50 {p50['gateway_non_streamed'] - p50['direct_tokens_non_streamed']:.3f} ms")
     text = script_text(tokenizer, tokens).replace("<think>", "").replace("</think>", "")
     with serving(repo, work / "throughput", interval) as (server, gateway_process, gateway):
         log(f"{rounds} rounds x 2 paths of {CONCURRENCY} concurrent streams x {tokens} tokens (stand-in step "
             f"{interval * 1e3:g} ms) ...")
         throughput = measure_throughput(server.grpc_url, gateway, text, tokens, rounds, gateway_process.pid,
-                                        server.process.pid)
+                                        server.process.pid, tokenizer)
     latency = {name: percentiles(values) for name, values in samples.items()}
-    overhead = p50["gateway_non_streamed"] - p50["direct_non_streamed"]
+    # same Triton model on both paths (ensemble_tokens; the text made client-side on the direct one)
+    overhead = p50["gateway_non_streamed"] - p50["direct_tokens_non_streamed"]
     return {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "load_average_start": [round(x, 2) for x in load_start],
@@ -328,12 +412,15 @@ def run(iterations: int, warmup: int, rounds: int, tokens: int, interval: float,
         "iterations": iterations, "warmup": warmup, "answer_tokens": SHORT_ANSWER_TOKENS,
         "latency_ms": latency,
         "overhead_ms": round(overhead, 3),
-        "overhead_streamed_ms": round(p50["gateway_streamed"] - p50["direct_streamed"], 3),
-        "overhead_p10_ms": round(latency["gateway_non_streamed"]["p10"] - latency["direct_non_streamed"]["p10"], 3),
-        # each iteration times both paths back to back: the median of those differences is the
+        "overhead_streamed_ms": round(p50["gateway_streamed"] - p50["direct_tokens_streamed"], 3),
+        "overhead_p10_ms": round(latency["gateway_non_streamed"]["p10"]
+                                 - latency["direct_tokens_non_streamed"]["p10"], 3),
+        # each iteration times every path back to back: the median of those differences is the
         # least load-sensitive figure on a shared machine
         "overhead_paired_p50_ms": round(statistics.median(
-            b - a for a, b in zip(samples["direct_non_streamed"], samples["gateway_non_streamed"])) * 1e3, 3),
+            b - a for a, b in zip(samples["direct_tokens_non_streamed"], samples["gateway_non_streamed"])) * 1e3, 3),
+        # against a stock Triton client of the text ensemble (text_output made in Triton)
+        "overhead_vs_text_ensemble_ms": round(p50["gateway_non_streamed"] - p50["direct_non_streamed"], 3),
         "gateway_cpu_us_per_request": round(gateway_cpu_us, 1),
         "overhead_target_ms": TARGET_OVERHEAD_MS,
         "overhead_meets_target": overhead <= TARGET_OVERHEAD_MS,
@@ -348,17 +435,20 @@ def report(result: dict) -> str:
     lines = ["path                         p10 ms    p50 ms    p90 ms"]
     for name, v in lat.items():
         lines.append(f"{name:26s} {v['p10']:8.3f}  {v['p50']:8.3f}  {v['p90']:8.3f}")
-    lines.append(f"overhead p50(gateway) - p50(direct) = {result['overhead_ms']:.3f} ms non-streamed, "
+    lines.append(f"overhead p50(gateway) - p50(direct_tokens) = {result['overhead_ms']:.3f} ms non-streamed, "
                  f"{result['overhead_streamed_ms']:.3f} ms streamed (target <= {result['overhead_target_ms']} ms: "
                  f"{'met' if result['overhead_meets_target'] else 'MISSED'}); p10 difference "
                  f"{result['overhead_p10_ms']:.3f} ms, median of paired differences "
                  f"{result['overhead_paired_p50_ms']:.3f} ms; gateway CPU "
-                 f"{result['gateway_cpu_us_per_request']:.0f} us per request")
+                 f"{result['gateway_cpu_us_per_request']:.0f} us per request; vs the text ensemble "
+                 f"{result['overhead_vs_text_ensemble_ms']:.3f} ms")
     lines.append(f"load average {result['machine']['load_average_start']} -> {result['machine']['load_average']}")
     t = result["throughput"]
-    lines.append(f"{t['concurrency']} streams x {t['tokens_per_stream']} tokens: direct {t['direct_tokens_per_s_p50']} "
-                 f"tok/s, gateway {t['gateway_tokens_per_s_p50']} tok/s, ratio {t['ratio']:.3f} (target >= "
-                 f"{result['throughput_ratio_target']}: {'met' if result['throughput_meets_target'] else 'MISSED'})")
+    lines.append(f"{t['concurrency']} streams x {t['tokens_per_stream']} tokens: direct (ensemble_tokens) "
+                 f"{t['direct_token_model_tokens_per_s_p50']} tok/s, gateway {t['gateway_tokens_per_s_p50']} tok/s, "
+                 f"ratio {t['ratio']:.3f} (target >= {result['throughput_ratio_target']}: "
+                 f"{'met' if result['throughput_meets_target'] else 'MISSED'}); direct (text ensemble) "
+                 f"{t['direct_tokens_per_s_p50']} tok/s, ratio {t['ratio_vs_text_ensemble']:.3f}")
     lines.append(f"rounds: {t['tokens_per_s']}")
     lines.append(f"CPU us per delivered token (p50): {t['cpu_us_per_token']}")
     return "\n".join(lines)

@@ -10,14 +10,20 @@ pass its path with --stock-mirror (a bare or normal repository; default: $NEMO_T
 The stock pre/postprocessing import `transformers`, `requests` and `PIL` (`pip install requests
 pillow`; the NGC image has them).
 
+Three pipelines: `ours` (the nemo-trt `ensemble`, text made per token in its postprocessing
+step), `ours_tokens` (the same repository's `ensemble_tokens`: ids out, the client makes the
+text with nemo_trt.serve.postprocess.TextStream, its cost in the client's CPU) and `stock`.
 Both repositories hold the TEST-ONLY scripted stand-in (tests/fixtures/scripted_llm, `engine`
 mode: the C++ backend's one response thread and final-flag rules) in the `tensorrt_llm` slot,
 with no pause between tokens, so what differs is the pipeline around it. Measured on one
 tritonserver each, alternating pipelines run by run (interleaved, the machine is shared):
 
 1. delivered tokens/s with N concurrent gRPC streaming clients (default 16 and 64), each
-   sending 200-token requests back to back, counted over --window-s windows after one warm-up
-   window; the client asks for `text_output` only, as a stock client does;
+   sending ~200-token requests back to back, counted over --window-s windows after one warm-up
+   window; the client asks for `text_output` only, as a stock client does (ours_tokens: the ids,
+   made into text client-side); every finished text is compared with the script (the stock
+   one's split characters come out as U+FFFD); CPU per delivered token of tritonserver, each
+   Python stub and the client, from /proc;
 2. per-request latency, non-streamed (`stream=false`, an 8-token answer) over the stream API,
    sequential, p50/p90, with a bare round trip (`echo`, a trivial Python model in the same
    repository) as the floor: overhead = p50(pipeline) - p50(echo);
@@ -27,7 +33,7 @@ tritonserver each, alternating pipelines run by run (interleaved, the machine is
    streaming step (the stock postprocessing) makes every such request leak
    (model_repository/postprocessing/config.pbtxt says why).
 
-Ratios are nemo-trt / stock (tokens/s: >= 1 is better; latency: <= 1 is better).
+Ratios are nemo-trt / stock (tokens/s: >= 1 is better; latency and CPU: <= 1 is better).
 
     python bench/bench_serving_stock.py --stock-mirror PATH [--rounds 3] [--window-s 10]
     (results: bench/results/serving_stock.json)
@@ -325,7 +331,7 @@ def run(mirror: Path, rounds: int, window_s: float, windows: int, streams: list[
             for key in keys:
                 value = value[key]
             values.append(value)
-        return statistics.median(values)
+        return round(statistics.median(values), 3)
 
     summary = {}
     for name in ("ours", "ours_tokens"):

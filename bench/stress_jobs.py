@@ -23,8 +23,10 @@ from types import SimpleNamespace
 from loadgen import Job, Record
 from tokenizers import Tokenizer
 
+from nemo_trt.serve.postprocess import TextStream
 from nemo_trt.serve.reasoning import split_text
 from nemo_trt.serve.repo_writer import write_repository
+from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE, TOKEN_OUTPUTS
 
 STAND_IN = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "scripted_llm" / "model.py"
 
@@ -71,8 +73,12 @@ def stand_in_repository(work: Path, tokenizer_dir: Path, max_batch_size: int, ma
 
 class StressJobs:
     def __init__(self, tokenizer_json: Path, seed: int = 0, disconnect_rate: float = 0.10,
-                 malformed_rate: float = 0.05, disconnect_protocols: tuple[str, ...] = ("grpc", "http")):
+                 malformed_rate: float = 0.05, disconnect_protocols: tuple[str, ...] = ("grpc", "http"),
+                 token_every: int = 4):
+        """`token_every`: every such gRPC client calls ensemble_tokens and makes its texts itself
+        (0: none), checked against the same expected texts."""
         self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        self.token_every = token_every
         self.random = random.Random(seed)
         self.disconnect_rate = disconnect_rate
         self.malformed_rate = malformed_rate
@@ -103,7 +109,8 @@ class StressJobs:
         if r < self.malformed_rate:
             inputs, message = self.random.choice(MALFORMED)
             stream = self.random.random() < 0.5
-            return Job(dict(inputs, stream=stream), stream=stream, expect_error=True, label=f"malformed:{message}")
+            return self._maybe_tokens(Job(dict(inputs, stream=stream), stream=stream, expect_error=True,
+                                          label=f"malformed:{message}"), client)
         text, reasoning, n = self.random.choice(self.scripts)
         stream = self.random.random() < 0.75
         # Half end by themselves (an empty final response), half exactly at the budget
@@ -117,6 +124,14 @@ class StressJobs:
             job.disconnect_after = self.random.randint(1, max(1, n // 2))
             job.expected = None
             job.label = "disconnect:" + job.label
+        return self._maybe_tokens(job, client)
+
+    def _maybe_tokens(self, job: Job, client) -> Job:  # noqa: ANN001
+        index = getattr(client, "index", None)
+        if self.token_every and getattr(client, "protocol", None) == "grpc" and index is not None and \
+                index % self.token_every == self.token_every - 1:
+            job.model, job.outputs, job.label = TOKEN_ENSEMBLE, TOKEN_OUTPUTS, job.label + ":tokens"
+            job.text_stream = lambda: TextStream(self.tokenizer)
         return job
 
     def stock_job(self, client=None) -> Job:
@@ -152,6 +167,8 @@ class StressJobs:
                 counts["non_streamed"] += 1
             if ":off:" in label:
                 counts["reasoning_off"] += 1
+            if label.endswith(":tokens") and not record.disconnected and not record.job.expect_error:
+                counts["tokens"] += 1
         return counts
 
 
@@ -222,8 +239,11 @@ def tcp_states(port: int) -> dict[str, int]:
 
 
 
-def requests_succeeded(metrics_url: str, model: str = "ensemble") -> int:
-    """Requests of `model` the server has finished without error and released (its success counter).
+ENSEMBLES = ("ensemble", TOKEN_ENSEMBLE)
+
+
+def requests_succeeded(metrics_url: str, models: tuple[str, ...] = ENSEMBLES) -> int:
+    """Requests of `models` the server has finished without error and released (their success counters).
 
     Triton counts a request when it releases it, so once the clients are done this reaches the
     number of well-formed requests they sent, dropped ones included (those end normally in the
@@ -232,18 +252,20 @@ def requests_succeeded(metrics_url: str, model: str = "ensemble") -> int:
     failed ensemble request twice.
     """
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    total = 0
     for match in re.finditer(r'^nv_inference_request_success\{([^}]*)\} (\S+)$', text, re.MULTILINE):
-        if f'model="{model}"' in match.group(1):
-            return int(float(match.group(2)))
-    return 0
+        if any(f'model="{model}"' in match.group(1) for model in models):
+            total += int(float(match.group(2)))
+    return total
 
 
-def wait_succeeded(metrics_url: str, expected: int, timeout_s: float = 60.0, model: str = "ensemble") -> int:
-    """Poll until `expected` requests of `model` succeeded (or `timeout_s` passes); the count seen."""
+def wait_succeeded(metrics_url: str, expected: int, timeout_s: float = 60.0,
+                   models: tuple[str, ...] = ENSEMBLES) -> int:
+    """Poll until `expected` requests of `models` succeeded (or `timeout_s` passes); the count seen."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            seen = requests_succeeded(metrics_url, model)
+            seen = requests_succeeded(metrics_url, models)
         except OSError:  # the server is gone (a crash: its log says why)
             return -1
         if seen >= expected or time.monotonic() > deadline:

@@ -6,7 +6,9 @@ with the last response) with no pause between tokens: tokens arrive as fast as t
 lets the server take them. 64 clients (40 gRPC streams, 24 HTTP `generate_stream`/`generate`)
 send requests back to back for STRESS_SECONDS (default 60): streamed and non-streamed,
 reasoning on and off, 5 % malformed; HTTP clients drop the connection mid-stream in 25 % of
-their streamed requests (about as many drops as 10 % of every client's).
+their streamed requests (about as many drops as 10 % of every client's). Every fourth gRPC
+client calls `ensemble_tokens` instead and makes its texts itself (TextStream), as the OpenAI
+gateway does: the same checks apply to it.
 
 Why only HTTP clients drop here (STRESS_DISCONNECT_PROTOCOLS=grpc,http puts gRPC back): a gRPC
 client that cancels its stream while responses still arrive at full speed trips races in
@@ -120,6 +122,7 @@ def test_64_clients_at_full_speed(server):
     assert not problems, f"{len(problems)} wrong outcomes, first: {problems[:5]}"
     assert counts["disconnected"] > 0 and counts["malformed"] > 0 and counts["streamed"] > 0
     assert counts["non_streamed"] > 0 and counts["reasoning_off"] > 0 and len(finished) > 200
+    assert counts["tokens"] > 50  # ensemble_tokens clients, their texts made client-side and checked
     assert "warm" in rss, "the run ended before the warm-up sample"
     for pid, kb in rss["end"].items():
         assert kb <= 1.1 * rss["warm"][pid], f"process {pid}: RSS {rss['warm'][pid]} kB after warm-up, {kb} kB at end"
