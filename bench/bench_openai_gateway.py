@@ -103,10 +103,15 @@ def ensemble_inputs(text: str, max_tokens: int, stream: bool) -> list:
 
 
 # --------------------------------------------------------------------------- gateway process
+GATEWAY_ARGS: list[str] = []  # --no-detokenize: the gateway reads text_output from the text ensemble
+GATEWAY_CPUS: set[int] = set()  # --pin: the gateway on its own core(s), Triton and this client on the rest
+
+
 def start_gateway(grpc_url: str, repo: Path, log: Path) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "nemo_trt.cli", "openai", "--triton", grpc_url, "--port", "0", "--repo", str(repo),
-         "--json"], stdout=subprocess.PIPE, stderr=open(log, "w"), text=True)  # noqa: SIM115
+         "--json", *GATEWAY_ARGS], stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,  # noqa: SIM115
+        preexec_fn=(lambda: os.sched_setaffinity(0, GATEWAY_CPUS)) if GATEWAY_CPUS else None)
     lines = []
     for line in process.stdout:  # type: ignore[union-attr]
         lines.append(line)
@@ -409,6 +414,9 @@ def run(iterations: int, warmup: int, rounds: int, tokens: int, interval: float,
         "token_interval_s": interval,
         "request_token_interval_s": request_interval,
         "gateway": "nemo-trt openai (uvicorn, uvloop, httptools) in its own process",
+        "gateway_args": GATEWAY_ARGS,
+        "pinned": {"gateway_cpus": sorted(GATEWAY_CPUS), "triton_and_client_cpus": sorted(os.sched_getaffinity(0))}
+        if GATEWAY_CPUS else None,
         "iterations": iterations, "warmup": warmup, "answer_tokens": SHORT_ANSWER_TOKENS,
         "latency_ms": latency,
         "overhead_ms": round(overhead, 3),
@@ -464,8 +472,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between the scripted engine's steps in the throughput part (default 0.01)")
     parser.add_argument("--request-token-interval", type=float, default=0.0,
                         help="seconds between its steps in the per-request part (default 0: no pause)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the gateway alone on the last CPU, Triton and the clients on the others (as on a GPU "
+                             "server, where the gateway runs on cores Triton does not need)")
+    parser.add_argument("--no-detokenize", action="store_true",
+                        help="run the gateway with --no-detokenize (text_output from the text ensemble)")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
+    if args.no_detokenize:
+        GATEWAY_ARGS.append("--no-detokenize")
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        GATEWAY_CPUS.add(cpus[-1])
+        os.sched_setaffinity(0, set(cpus[:-1]))  # this client and tritonserver (started from here) inherit it
     result = run(args.iterations, args.warmup, args.rounds, args.tokens, args.token_interval,
                  args.request_token_interval,
                  log=lambda m: print(m, file=sys.stderr))
