@@ -370,10 +370,12 @@ class TritonUpstream:
         """Deltas of one generation; leaving the loop early cancels it inside Triton."""
         import grpc
 
-        detokenizer = IncrementalDetokenizer(self.tokenizer) \
-            if self.token_model is not None and self.tokenizer is not None else None
-        body = request.infer_request(self.model, request.outputs(self.outputs)) if detokenizer is None \
-            else request.infer_request(self.token_model, request.token_outputs())
+        detokenizer = None
+        if self.token_model is not None and self.tokenizer is not None:
+            detokenizer = IncrementalDetokenizer(self.tokenizer)
+            body = request.infer_request(self.token_model, request.token_outputs())
+        else:
+            body = request.infer_request(self.model, request.outputs(self.outputs))
         tokens = 0
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         stream = self._acquire()
