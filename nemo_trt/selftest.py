@@ -282,6 +282,7 @@ def run_layout(lp: LayoutPlan, plan: SelftestPlan, toolchain: Any, *, serve: boo
     from nemo_trt.serve.launcher import TritonServer
     from nemo_trt.serve.regress.golden import load_golden
     from nemo_trt.serve.regress.suite import load_suite
+    from nemo_trt.serve.token_parity import token_parity
 
     suite = load_suite(SUITE)
     tokenizer = repo / "preprocessing" / "tokenizer"
@@ -297,6 +298,9 @@ def run_layout(lp: LayoutPlan, plan: SelftestPlan, toolchain: Any, *, serve: boo
         say(f"property suite under load (concurrency {LOAD_CONCURRENCY}, repeat {LOAD_REPEAT})")
         steps["properties"] = _regress(suite, server.grpc_url, None, tokenizer, lp.dir / "properties.xml",
                                        concurrency=LOAD_CONCURRENCY, repeat=LOAD_REPEAT)
+        # ensemble_tokens trusts the C++ backend's per-response output_ids / sequence_length
+        say("ensemble_tokens: client-side text equals the ensemble's")
+        steps["token_ensemble"] = token_parity(server.grpc_url, tokenizer).to_dict()
     result["passed"] = all(s["passed"] for s in steps.values())
     return result
 

@@ -301,3 +301,15 @@ def test_log_probs_from_the_reference_backend(reference_server):
     assert abs(cumulative - sum(per_token)) < 1e-3
     plain, error = stream_call(reference_server.grpc_url, "ensemble", inputs[:4])
     assert error is None and all("output_log_probs" not in o for o in plain)  # only when asked, like TRT-LLM
+
+
+def test_token_ensemble_parity_on_the_reference_backend(reference_server, reference_repository):
+    """What `nemo-trt selftest --gpu` checks on the engines: ensemble_tokens + client-side text equals
+    the ensemble's text_output, streamed and not (here on the CPU reference backend)."""
+    from nemo_trt.serve.token_parity import token_parity
+
+    report = token_parity(reference_server.grpc_url, reference_repository / "preprocessing" / "tokenizer",
+                          max_tokens=24)
+    assert report.passed, report.to_dict()
+    assert len(report.cases) == 6 and all(c.ids_equal and c.token_text for c in report.cases)
+    assert {c.stream for c in report.cases} == {True, False}
