@@ -1,8 +1,9 @@
 """The autoscaling signal against a real /metrics scrape of our CPU tritonserver (tests/conftest.py reference_server).
 
-The HPA's metric (nemo_trt.serve.k8s.render.adapter_rule) is rate(nv_inference_request_duration_us{model="ensemble"})
-/ 1e6 per pod: the mean number of requests in flight, by Little's law, if and only if the ensemble's
-counter covers each request from arrival to its last streamed response. Checked here: the series
+The HPA's metric (nemo_trt.serve.k8s.render.adapter_rule) is
+rate(nv_inference_request_duration_us{model=~"ensemble|ensemble_tokens"}) / 1e6 per pod: the mean number
+of requests in flight, by Little's law, if and only if the ensemble's counter covers each request from
+arrival to its last streamed response. Checked here: the series
 exists with the labels the adapter rule matches, and its increase over a few concurrent requests
 equals the time the clients spent waiting for them (server time, not wall time: no timed assertion).
 The probe paths of the rendered pods answer 200 on the same server.
@@ -17,7 +18,8 @@ import urllib.request
 import pytest
 
 from nemo_trt.serve.client import GenerateRequest, generate
-from nemo_trt.serve.k8s.render import ENSEMBLE, HPA_SOURCE_SERIES, TRITON_LIVE, TRITON_READY, adapter_rule
+from nemo_trt.serve.k8s.render import (ENSEMBLE, ENSEMBLES, HPA_SOURCE_SERIES, TRITON_LIVE, TRITON_READY,
+                                       adapter_rule)
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +38,14 @@ def counter(text: str, name: str, model: str) -> float:
 def test_hpa_metric_series_is_exported_with_the_matched_labels(reference_server):
     text = scrape(reference_server)
     assert f"# TYPE {HPA_SOURCE_SERIES} counter" in text
-    counter(text, HPA_SOURCE_SERIES, ENSEMBLE)
     rule = adapter_rule()
-    assert rule.series_query.startswith(HPA_SOURCE_SERIES + "{") and f'model="{ENSEMBLE}"' in rule.series_query
+    matcher = re.search(r'model=~"([^"]+)"', rule.series_query)
+    assert rule.series_query.startswith(HPA_SOURCE_SERIES + "{") and matcher
+    assert matcher.group(1) in rule.metrics_query
+    for model in ENSEMBLES:  # both client-facing ensembles are exported and matched
+        counter(text, HPA_SOURCE_SERIES, model)
+        assert re.fullmatch(matcher.group(1), model)
+    assert not re.fullmatch(matcher.group(1), "postprocessing")
     assert re.fullmatch(rule.name.matches, HPA_SOURCE_SERIES)
 
 

@@ -14,8 +14,9 @@ networking: TP stays inside a pod (NVLink), so only PP activations cross the net
 host networking would need privileged pod security, bypass NetworkPolicy and clash on ports.
 
 Autoscaling: Triton exports `nv_inference_request_duration_us` per model, a counter of
-microseconds spent in finished requests. For the `ensemble` (the decoupled pipeline every
-request enters) it covers the whole stream, so its rate / 1e6 is the mean number of requests
+microseconds spent in finished requests. For the two client-facing ensembles (`ensemble`, and
+`ensemble_tokens`, which the OpenAI gateway calls: one of them is what every request enters) it
+covers the whole stream, so its rate / 1e6 is the mean number of requests
 in flight (Little's law). prometheus-adapter turns that into the per-pod custom metric
 `nemo_trt_requests_in_flight`; the HPA keeps it at a share of the plan's concurrent sequences
 (the KV-limited capacity of one engine). Queue metrics are not used: the TensorRT-LLM backend
@@ -30,6 +31,7 @@ from nemo_trt import __version__
 from nemo_trt.errors import NemoTrtError
 from nemo_trt.serve.k8s import objects as k
 from nemo_trt.serve.k8s.workdir import BuiltWorkdir
+from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -40,6 +42,7 @@ SSH_PORT = 2222
 TRITON_READY, TRITON_LIVE = "/v2/health/ready", "/v2/health/live"
 GATEWAY_READY, GATEWAY_LIVE = "/v1/health/ready", "/v1/health/live"
 ENSEMBLE = "ensemble"
+ENSEMBLES = (ENSEMBLE, TOKEN_ENSEMBLE)  # every request enters exactly one of them
 HPA_METRIC = "nemo_trt_requests_in_flight"
 HPA_SOURCE_SERIES = "nv_inference_request_duration_us"
 RATE_WINDOW = "2m"
@@ -475,14 +478,14 @@ def _hpa(wd: BuiltWorkdir, opts: DeployOptions, target: k.K8s) -> k.HorizontalPo
 
 
 def adapter_rule() -> k.AdapterRule:
-    """prometheus-adapter: requests in flight per pod from the ensemble's request-duration counter."""
+    """prometheus-adapter: requests in flight per pod from the ensembles' request-duration counters."""
     return k.AdapterRule(
-        series_query=f'{HPA_SOURCE_SERIES}{{namespace!="",pod!="",model="{ENSEMBLE}"}}',
+        series_query=f'{HPA_SOURCE_SERIES}{{namespace!="",pod!="",model=~"{"|".join(ENSEMBLES)}"}}',
         resources=k.AdapterResources(overrides={"namespace": k.AdapterResourceOverride(resource="namespace"),
                                                 "pod": k.AdapterResourceOverride(resource="pod")}),
         name=k.AdapterName(matches=f"^{HPA_SOURCE_SERIES}$", as_=HPA_METRIC),
-        metrics_query=(f'sum(rate(<<.Series>>{{<<.LabelMatchers>>,model="{ENSEMBLE}"}}[{RATE_WINDOW}])) '
-                       "by (<<.GroupBy>>) / 1e6"),
+        metrics_query=(f'sum(rate(<<.Series>>{{<<.LabelMatchers>>,model=~"{"|".join(ENSEMBLES)}"}}'
+                       f'[{RATE_WINDOW}])) by (<<.GroupBy>>) / 1e6'),
     )
 
 
