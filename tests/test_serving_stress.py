@@ -118,7 +118,9 @@ def test_64_clients_at_full_speed(server):
         print(f"server log: {server.log_file}")
     assert succeeded >= 0, f"the server died: {server_errors(server.log_file)[:5]}"
     assert succeeded == well_formed, f"the server finished {succeeded} of the {well_formed} well-formed requests sent"
-    assert not hung, f"{len(hung)} clients waited > 10 s: {[(r.job.label, r.error) for r in hung[:5]]}"
+    assert not hung, f"{len(hung)} clients waited > 10 s: " + str(
+        [(r.protocol, r.job.model or "ensemble", r.job.label, r.error, f"sent at {r.start - started:.1f} s",
+          f"{r.responses} responses") for r in hung[:5]])
     assert not problems, f"{len(problems)} wrong outcomes, first: {problems[:5]}"
     assert counts["disconnected"] > 0 and counts["malformed"] > 0 and counts["streamed"] > 0
     assert counts["non_streamed"] > 0 and counts["reasoning_off"] > 0 and len(finished) > 200
