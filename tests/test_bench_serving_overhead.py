@@ -32,8 +32,8 @@ def bench():
 def test_repository_has_the_pipeline_the_scripted_llm_and_echo(bench, tmp_path):
     repo = bench.build_repository(tmp_path)
     models = {m.name: m.backend for m in read_repository(repo)}
-    assert models == {"ensemble": "ensemble", "preprocessing": "python", "postprocessing": "python",
-                      "tensorrt_llm": "python", "echo": "python"}
+    assert models == {"ensemble": "ensemble", "ensemble_tokens": "ensemble", "preprocessing": "python",
+                      "postprocessing": "python", "tensorrt_llm": "python", "echo": "python"}
     assert (repo / "tensorrt_llm" / "1" / "model.py").read_text() == bench.SCRIPTED_LLM.read_text()
 
 
