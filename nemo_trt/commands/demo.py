@@ -102,7 +102,8 @@ def command(gpu: str, workdir: Path | None, seed: int, protocol: Protocol, as_js
 
     t = stage("repository", "4/7 Triton model repository (CPU reference backend)")
     repo = write_repository(workdir / tiny.name / "repository", tokenizer_dir=tiny, reference_dir=converted, force=True)
-    out.print(f"repository: {repo}  (ensemble = preprocessing -> tensorrt_llm -> postprocessing)")
+    out.print(f"repository: {repo}  (ensemble = preprocessing -> tensorrt_llm -> postprocessing; "
+              "ensemble_tokens, which the OpenAI gateway below calls, = the same without postprocessing)")
     done("repository", t, repository=str(repo))
 
     t = stage("serve", "5/7 tritonserver (127.0.0.1, free ports)")
