@@ -225,6 +225,16 @@ def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int,
 
 
 # --------------------------------------------------------------------------- 2. tokens/s at 16 streams
+async def _concurrently(client, one) -> tuple[int, float]:  # noqa: ANN001
+    """CONCURRENCY copies of `one()` at once: (tokens they counted, seconds), then the client closed."""
+    try:
+        start = time.perf_counter()
+        counts = await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
+        return sum(counts), time.perf_counter() - start
+    finally:
+        await client.close()
+
+
 async def direct_round(grpc_url: str, text: str, tokens: int) -> tuple[int, float]:
     """16 concurrent ensemble streams; per token only the final flag is looked at (as lean a
     client as the gateway path's, which reads SSE lines and the usage at the end)."""
@@ -244,12 +254,7 @@ async def direct_round(grpc_url: str, text: str, tokens: int) -> tuple[int, floa
                 return int(result.as_numpy("num_output_tokens").reshape(-1)[0])
         return 0
 
-    try:
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
-        return sum(counts), time.perf_counter() - start
-    finally:
-        await client.close()
+    return await _concurrently(client, one)
 
 
 async def direct_tokens_round(grpc_url: str, text: str, tokens: int, tokenizer: Tokenizer) -> tuple[int, float]:
@@ -279,12 +284,7 @@ async def direct_tokens_round(grpc_url: str, text: str, tokens: int, tokenizer: 
                 return count
         return 0
 
-    try:
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(one() for _ in range(CONCURRENCY)))
-        return sum(counts), time.perf_counter() - start
-    finally:
-        await client.close()
+    return await _concurrently(client, one)
 
 
 async def gateway_round(gateway: str, text: str, tokens: int) -> tuple[int, float]:
