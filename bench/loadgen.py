@@ -27,6 +27,8 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from nemo_trt.serve.token_ensemble import token_ids
+
 TEXT_NAMES = ("text_output", "reasoning_output", "answer_output")
 
 
@@ -136,15 +138,8 @@ def _bytes_elements(raw: bytes) -> list[bytes]:
 
 def _client_side_text(stream_text: Any, response: Any, final: bool) -> tuple[int, dict[str, bytes]]:
     """One ensemble_tokens response -> (tokens, {text name: delta}) through the request's TextStream."""
-    ids, length = np.empty(0, dtype=np.int32), None
-    for tensor, raw in zip(response.outputs, response.raw_output_contents):
-        if tensor.name == "output_ids":
-            ids = np.frombuffer(raw, dtype=np.int32)
-        elif tensor.name == "sequence_length" and len(raw) >= 4:
-            length = struct.unpack_from("<i", raw, 0)[0]
-    if length is not None:
-        ids = ids[:length]
-    delta = stream_text.feed(ids.tolist())
+    ids = token_ids({tensor.name: raw for tensor, raw in zip(response.outputs, response.raw_output_contents)})
+    delta = stream_text.feed(ids)
     parts = [delta.text, delta.reasoning, delta.answer]
     if final:
         tail = stream_text.finish()

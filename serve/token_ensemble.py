@@ -17,12 +17,22 @@ disagree on inputs, preprocessing wiring or the repository identity.
 """
 from __future__ import annotations
 
+import struct
+from collections.abc import Mapping
 from typing import Any
 
 TOKEN_ENSEMBLE = "ensemble_tokens"
 # tensorrt_llm outputs this ensemble returns: the ids of each response and their count, plus
 # whatever the text ensemble already passes straight through from tensorrt_llm.
 TOKEN_OUTPUTS = ("output_ids", "sequence_length")
+
+
+def token_ids(raw_outputs: Mapping[str, bytes]) -> list[int]:
+    """The new ids of one `ensemble_tokens` response from its raw output contents:
+    output_ids (beam 0, INT32) cut to sequence_length, as tensorrt_llm pads a non-streamed one."""
+    ids = struct.unpack_from(f"<{len(raw_outputs.get('output_ids', b'')) // 4}i", raw_outputs.get("output_ids", b""))
+    length = raw_outputs.get("sequence_length", b"")
+    return list(ids[:max(0, struct.unpack_from("<i", length)[0])] if len(length) >= 4 else ids)
 
 
 def token_ensemble_config(ensemble: Any, tensorrt_llm: Any) -> Any:

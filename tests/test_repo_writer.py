@@ -483,3 +483,14 @@ def test_token_ensemble_is_the_ensemble_without_postprocessing(tmp_path):
     assert {"cum_log_probs", "output_log_probs"} <= set(outputs)
     assert not {"text_output", "reasoning_output", "answer_output", "num_output_tokens"} & set(outputs)
     assert (repo / "ensemble_tokens" / "1").is_dir()
+
+
+def test_token_ids_of_a_response_are_cut_to_sequence_length():
+    import struct
+
+    from nemo_trt.serve.token_ensemble import token_ids
+
+    padded = {"output_ids": struct.pack("<4i", 9, 8, 7, 0), "sequence_length": struct.pack("<i", 3)}
+    assert token_ids(padded) == [9, 8, 7]
+    assert token_ids({"output_ids": struct.pack("<2i", 5, 6)}) == [5, 6]  # no length sent: every id
+    assert token_ids({"sequence_length": struct.pack("<i", 0)}) == []

@@ -31,7 +31,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from nemo_trt.serve.detokenize import IncrementalDetokenizer
-from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE, TOKEN_OUTPUTS
+from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE, TOKEN_OUTPUTS, token_ids
 
 ENSEMBLE = "ensemble"
 PREPROCESSING = "preprocessing"
@@ -166,12 +166,14 @@ def _bytes_element(raw: bytes) -> str:
     return raw[4:4 + size].decode("utf-8", errors="replace")
 
 
+def _raw_outputs(response: Any) -> dict[str, bytes]:
+    """{output name: raw contents} of a ModelInferResponse protobuf."""
+    return {output.name: raw for output, raw in zip(response.outputs, response.raw_output_contents)}
+
+
 def parse_response(response: Any) -> UpstreamDelta:
     """A ModelInferResponse protobuf -> UpstreamDelta (raw contents, no numpy for text)."""
-    values: dict[str, bytes] = {}
-    for index, output in enumerate(response.outputs):
-        if index < len(response.raw_output_contents):
-            values[output.name] = response.raw_output_contents[index]
+    values = _raw_outputs(response)
     final = response.parameters.get("triton_final_response")
 
     def integer(name: str) -> int | None:
@@ -195,25 +197,17 @@ def parse_token_response(response: Any, detokenizer: IncrementalDetokenizer, bef
 
     `before`: tokens of this generation in earlier responses. The ids are output_ids[:sequence_length]
     (beam 0); the final response also flushes what the detokenizer held back."""
-    values: dict[str, bytes] = {}
-    for index, output in enumerate(response.outputs):
-        if index < len(response.raw_output_contents):
-            values[output.name] = response.raw_output_contents[index]
+    values = _raw_outputs(response)
     final_param = response.parameters.get("triton_final_response")
     final = bool(final_param.bool_param) if final_param is not None else False
-    raw = values.get("output_ids") or b""
-    ids = np.frombuffer(raw, dtype=np.int32)
-    length = values.get("sequence_length")
-    if length and len(length) >= 4:
-        ids = ids[:max(0, struct.unpack_from("<i", length, 0)[0])]
-    token_ids = ids.tolist()
-    text = detokenizer.add_many(token_ids)
+    ids = token_ids(values)
+    text = detokenizer.add_many(ids)
     if final:
         text += detokenizer.finish()
     log_probs = values.get("output_log_probs")
     return UpstreamDelta(
-        text=text, num_output_tokens=before + len(token_ids), num_input_tokens=None, token_ids=token_ids,
-        log_probs=np.frombuffer(log_probs, dtype=np.float32)[:len(token_ids)].tolist()
+        text=text, num_output_tokens=before + len(ids), num_input_tokens=None, token_ids=ids,
+        log_probs=np.frombuffer(log_probs, dtype=np.float32)[:len(ids)].tolist()
         if log_probs is not None else None,
         final=final)
 
