@@ -11,9 +11,10 @@ FROM nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3
 
 # sshd: the worker pods of a multi-node Kubernetes group (`nemo-trt deploy k8s`, LeaderWorkerSet) run it as the
 # non-root user so the leader's mpirun can start their ranks. The distribution's current build (security fixes).
+# gcc + libc6-dev: build the HTTP backpressure library below.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openssh-server \
+ && apt-get install -y --no-install-recommends openssh-server gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 
 COPY . /tmp/nemo-trt
@@ -24,7 +25,12 @@ COPY . /tmp/nemo-trt
 RUN python3 -m pip list --format=freeze > /tmp/container-constraints.txt \
  && PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-cache-dir -c /tmp/container-constraints.txt "/tmp/nemo-trt[selftest]" \
  && rm -rf /tmp/nemo-trt /tmp/container-constraints.txt \
+ && python3 -m nemo_trt.serve.http_backpressure /opt/nemo-trt/lib/libnemo_trt_http_backpressure.so \
  && nemo-trt --version
+
+# `nemo-trt serve` preloads this into tritonserver: Triton's HTTP frontend loses responses when a worker
+# falls behind (nemo_trt/serve/http_backpressure.py); built once here, so serving needs no compiler.
+ENV NEMO_TRT_HTTP_BACKPRESSURE_LIB=/opt/nemo-trt/lib/libnemo_trt_http_backpressure.so
 
 ENV PYTHONUNBUFFERED=1
 WORKDIR /workspace

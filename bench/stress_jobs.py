@@ -55,7 +55,9 @@ _HARMLESS = ("CudaDriverHelper", "pinned system memory", "unable to create strea
 # A crash: Triton's signal handler line, glibc's heap checks (a corrupted heap aborts the
 # server, whose handler can then deadlock in malloc: the server hangs instead of exiting).
 _FATAL = re.compile(r"^Signal \((?!15\))\d+\) received|^(malloc|free|realloc|double free|corrupted)\b.*|"
-                    r"^munmap_chunk\(\)")
+                    r"^munmap_chunk\(\)|"
+                    # a response Triton's HTTP frontend lost (nemo_trt/serve/http_backpressure.c)
+                    r"^nemo-trt http-backpressure: .*(drops this response|response dropped)")
 
 
 def stand_in_repository(work: Path, tokenizer_dir: Path, max_batch_size: int, max_input_len: int = 1024,

@@ -455,7 +455,7 @@ class TritonServer:
                  load_models: Sequence[str] = (), log_verbose: int = 0, log_file: str | Path | None = None,
                  tritonserver: str | Path | None = None, startup_timeout: float = 180.0,
                  check_engines: bool = True, extra_args: Sequence[str] = (), exit_timeout: int = 10,
-                 mpi_hostfile: str | Path | None = None):
+                 mpi_hostfile: str | Path | None = None, http_backpressure: bool = True):
         self.repo = Path(repo).resolve()
         self.host = host
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
@@ -469,6 +469,10 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.exit_timeout = exit_timeout
         self.mpi_hostfile = Path(mpi_hostfile) if mpi_hostfile else None
+        # Preload nemo_trt/serve/http_backpressure.c: Triton's HTTP frontend otherwise loses responses
+        # when a worker falls behind. Unavailable (no C compiler): served without, and said here.
+        self.http_backpressure = http_backpressure
+        self.http_backpressure_missing: str | None = None
         self.process: subprocess.Popen | None = None
         self.command: list[str] = []
         self.world_size = 1
@@ -527,7 +531,15 @@ class TritonServer:
                 "serve inside the NGC Triton TensorRT-LLM container (it ships OpenMPI)",
             )
         self.command = server_command(install.binary, options, self.world_size)
-        return self.command, server_env(install)
+        env = server_env(install)
+        if self.http_backpressure:
+            from nemo_trt.serve import http_backpressure
+
+            try:
+                http_backpressure.preload(env, http_backpressure.library(cache_dir()))
+            except NemoTrtError as exc:
+                self.http_backpressure_missing = f"{exc.problem}; {exc.fix}"
+        return self.command, env
 
     def start(self) -> TritonServer:
         if self.process is not None:

@@ -46,6 +46,18 @@ def test_installs_the_package_without_dev_extra_and_runs_nemo_trt():
     assert json.loads(entrypoint) == ["nemo-trt"]
 
 
+def test_builds_the_http_backpressure_library_that_serve_preloads():
+    from nemo_trt.serve import http_backpressure as hb
+
+    ins = instructions()
+    runs = " ".join(args for i, args in ins if i == "RUN")
+    envs = dict(args.split("=", 1) for i, args in ins if i == "ENV")
+    built = envs[hb.LIBRARY_ENV]  # serve takes it from here: no compiler needed at serving time
+    assert built.endswith("/" + hb.LIBRARY_NAME)
+    assert f"python3 -m nemo_trt.serve.http_backpressure {built}" in runs
+    assert "gcc" in runs and "libc6-dev" in runs
+
+
 def test_dockerignore_keeps_the_context_small():
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "venv", ".mypy_cache"} <= set(ignored)

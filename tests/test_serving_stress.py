@@ -53,6 +53,7 @@ from loadgen import Load  # noqa: E402
 from stress_jobs import (StressJobs, requests_succeeded, rss_kb, server_errors, stand_in_repository,  # noqa: E402
                          stub_pids, wait_succeeded)
 
+from nemo_trt.serve.http_backpressure import ACTIVE_LINE  # noqa: E402
 from nemo_trt.serve.launcher import TritonServer  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -87,6 +88,10 @@ def test_64_clients_at_full_speed(server):
                       disconnect_rate=DISCONNECT_RATE, disconnect_protocols=DROPPING)
     load = Load("ensemble", server.grpc_url, server.http_url.split("://", 1)[-1], window_s=5.0,
                 response_timeout_s=10.0)
+    # The launcher preloads the HTTP backpressure library: without it Triton's HTTP frontend drops
+    # responses whenever a worker falls ~278 commands behind, and 2-3 HTTP clients hang (in about
+    # 1 run of 12 here; tests/test_http_backpressure.py shows both sides).
+    assert ACTIVE_LINE in server.log_file.read_text(errors="replace"), "tritonserver runs without it"
     pids = stub_pids(server.process.pid)
     assert len(pids) == 3  # preprocessing, tensorrt_llm, postprocessing
     pids.append(server.process.pid)  # tritonserver itself: it holds the ensemble's requests

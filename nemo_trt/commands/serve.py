@@ -5,6 +5,7 @@ import signal
 import sys
 
 import click
+from rich.markup import escape
 
 from nemo_trt.commands.openai_gateway import gateway_options
 from nemo_trt.console import console, err_console, print_json
@@ -33,14 +34,18 @@ from nemo_trt.console import console, err_console, print_json
               "/opt/tritonserver/bin, the nvidia-pytriton copy].")
 @click.option("--startup-timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               metavar="SECONDS", help="Give up if the server is not ready by then (49B engines load for minutes).")
+@click.option("--http-backpressure/--no-http-backpressure", default=True, show_default=True,
+              help="Preload the library that makes tritonserver's HTTP frontend hold a response until its worker "
+                   "has room instead of losing it (a Triton defect that hangs HTTP clients under load; README, "
+                   "serving). Built with the system C compiler on first use.")
 @click.option("--openai-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
               help="Also serve the OpenAI-compatible API on this port (on --host; 0 = any free port), "
                    "once Triton is ready. Off by default.")
 @gateway_options
 @click.option("--json", "as_json", is_flag=True, help="Print the endpoints as one JSON line once ready.")
 def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_control_mode, log_file, mpi_hostfile,
-            tritonserver, startup_timeout, openai_port, api_key, max_inflight, served_model_name, request_timeout,
-            access_log, detokenize, as_json):
+            tritonserver, startup_timeout, http_backpressure, openai_port, api_key, max_inflight, served_model_name,
+            request_timeout, access_log, detokenize, as_json):
     """Start Triton on a model repository; Ctrl-C stops it cleanly.
 
     \b
@@ -61,7 +66,8 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
 
     server = TritonServer(repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                           model_control_mode=model_control_mode, log_verbose=log_verbose, log_file=log_file,
-                          tritonserver=tritonserver, startup_timeout=startup_timeout, mpi_hostfile=mpi_hostfile)
+                          tritonserver=tritonserver, startup_timeout=startup_timeout, mpi_hostfile=mpi_hostfile,
+                          http_backpressure=http_backpressure)
 
     # SIGTERM (docker stop, systemd) stops the server like Ctrl-C does. SIGINT is set
     # explicitly too: a shell starts background jobs with SIGINT ignored.
@@ -78,7 +84,11 @@ def command(repo, host, http_port, grpc_port, metrics_port, log_verbose, model_c
                 server.start()
         endpoints = {"http": server.http_url, "grpc": server.grpc_url, "metrics": server.metrics_url,
                      "log": str(server.log_file), "startup_seconds": round(server.startup_seconds or 0, 2),
-                     "world_size": server.world_size, "pid": server.pid}
+                     "world_size": server.world_size, "pid": server.pid,
+                     "http_backpressure": http_backpressure and server.http_backpressure_missing is None}
+        if server.http_backpressure_missing:
+            err_console.print(f"[yellow]warning:[/] serving without HTTP backpressure: "
+                              f"{escape(server.http_backpressure_missing)}")
         if openai_port is not None:
             gateway = _start_gateway(server, repo, host, openai_port, api_key, max_inflight, served_model_name,
                                      request_timeout, access_log, detokenize)
