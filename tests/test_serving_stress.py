@@ -28,7 +28,8 @@ to abort the 2.51 server through `preprocessing`'s dynamic batcher, which it no 
 Asserted: no client waits more than 10 s for a response (the hang this suite exists for),
 every finished request's text / reasoning / answer equal the script exactly (multi-byte
 characters split over tokens, `</think>` split over tokens), malformed requests get an
-error, no error in the server log, every well-formed request (dropped ones too) finished and
+error, no error in the server log (a response dropped by Triton's HTTP frontend counts as one:
+serve/http_backpressure.c, which the launcher preloads, must be active), every well-formed request (dropped ones too) finished and
 released by the server (Triton's ensemble success counter: a leaked ensemble request never is), the
 RSS of tritonserver and of every Python stub at the end within 1.1x of its RSS after warm-up,
 and the server serving normally afterwards. Takes ~STRESS_SECONDS + 30 s.
