@@ -92,6 +92,48 @@ def test_drop_lines_are_found():
     assert hb.dropped_lines(hb.ACTIVE_LINE + ": full HTTP worker queues make responses wait") == []
 
 
+def _python_repo(tmp_path: Path) -> Path:
+    model = tmp_path / "repo" / "echo"
+    (model / "1").mkdir(parents=True, exist_ok=True)
+    (model / "config.pbtxt").write_text('backend: "python"\nmax_batch_size: 0\n'
+                                        'input [{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }]\n'
+                                        'output [{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }]\n')
+    (model / "1" / "model.py").write_text("")
+    return tmp_path / "repo"
+
+
+@needs_cc
+def test_the_launcher_preloads_it_into_tritonserver(tmp_path, monkeypatch):
+    from nemo_trt.serve.launcher import TritonServer
+
+    monkeypatch.setenv("NEMO_TRT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(hb.LIBRARY_ENV, raising=False)
+    monkeypatch.delenv(hb.MODE_ENV, raising=False)
+    server = TritonServer(_python_repo(tmp_path))
+    _, env = server.prepare()
+    first = Path(env["LD_PRELOAD"].split(":")[0])
+    assert first.is_file() and first.parent == tmp_path / "cache" / "native"
+    assert env[hb.MODE_ENV] == "wait" and server.http_backpressure_missing is None
+
+    off = TritonServer(_python_repo(tmp_path), http_backpressure=False)
+    _, env = off.prepare()
+    assert str(first) not in env.get("LD_PRELOAD", "") and hb.MODE_ENV not in env
+
+
+def test_without_a_compiler_the_launcher_serves_and_says_why(tmp_path, monkeypatch):
+    from nemo_trt.serve.launcher import TritonServer
+
+    monkeypatch.setenv("NEMO_TRT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(hb.LIBRARY_ENV, raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    which = shutil.which
+    monkeypatch.setattr(hb.shutil, "which", lambda name, **kw: None if name in ("cc", "gcc") else which(name, **kw))
+    server = TritonServer(_python_repo(tmp_path))
+    _, env = server.prepare()
+    assert hb.LIBRARY_NAME[:-3] not in env.get("LD_PRELOAD", "")
+    assert server.http_backpressure_missing and "no C compiler" in server.http_backpressure_missing
+
+
 # --------------------------------------------------------------------------- the library alone
 
 # Fills a non-blocking AF_UNIX stream socketpair with 17-byte commands, as evthr_defer() does,

@@ -29,8 +29,8 @@ Asserted: no client waits more than 10 s for a response (the hang this suite exi
 every finished request's text / reasoning / answer equal the script exactly (multi-byte
 characters split over tokens, `</think>` split over tokens), malformed requests get an
 error, no error in the server log (a response dropped by Triton's HTTP frontend counts as one:
-serve/http_backpressure.c, which the launcher preloads, must be active), every well-formed request (dropped ones too) finished and
-released by the server (Triton's ensemble success counter: a leaked ensemble request never is), the
+serve/http_backpressure.c, which the launcher preloads, must be active), every well-formed
+request (dropped ones too) finished and released by the server (Triton's ensemble success counter: a leaked ensemble request never is), the
 RSS of tritonserver and of every Python stub at the end within 1.1x of its RSS after warm-up,
 and the server serving normally afterwards. Takes ~STRESS_SECONDS + 30 s.
 The soak (10 min, 128 clients) is bench/soak_serving.py.
