@@ -30,8 +30,8 @@ every finished request's text / reasoning / answer equal the script exactly (mul
 characters split over tokens, `</think>` split over tokens), malformed requests get an
 error, no error in the server log (a response dropped by Triton's HTTP frontend counts as one:
 serve/http_backpressure.c, which the launcher preloads, must be active), every well-formed
-request (dropped ones too) finished and released by the server (Triton's ensemble success counter: a leaked ensemble request never is), the
-RSS of tritonserver and of every Python stub at the end within 1.1x of its RSS after warm-up,
+request (dropped ones too) finished and released by the server (Triton's ensemble success
+counter: a leaked ensemble request never is), the RSS of tritonserver and of every Python stub at the end within 1.1x of its RSS after warm-up,
 and the server serving normally afterwards. Takes ~STRESS_SECONDS + 30 s.
 The soak (10 min, 128 clients) is bench/soak_serving.py.
 """
