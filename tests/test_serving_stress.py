@@ -25,14 +25,14 @@ it, and HTTP drops keep exercising it; the gRPC-drop shape stays in the soak
 to abort the 2.51 server through `preprocessing`'s dynamic batcher, which it no longer has
 (model_repository/preprocessing/config.pbtxt says why).
 
-Asserted: no client waits more than 10 s for a response (the hang this suite exists for),
-every finished request's text / reasoning / answer equal the script exactly (multi-byte
-characters split over tokens, `</think>` split over tokens), malformed requests get an
-error, no error in the server log (a response dropped by Triton's HTTP frontend counts as one:
-serve/http_backpressure.c, which the launcher preloads, must be active), every well-formed
-request (dropped ones too) finished and released by the server (Triton's ensemble success
-counter: a leaked ensemble request never is), the RSS of tritonserver and of every Python stub at the end within 1.1x of its RSS after warm-up,
-and the server serving normally afterwards. Takes ~STRESS_SECONDS + 30 s.
+Asserted: no client waits more than 10 s for a response (the hang this suite exists for), every
+finished request's text / reasoning / answer equal the script exactly (multi-byte characters split
+over tokens, `</think>` split over tokens), malformed requests get an error, no error in the server
+log (a response dropped by Triton's HTTP frontend counts as one: serve/http_backpressure.c, which
+the launcher preloads, must be active), every well-formed request (dropped ones too) finished and
+released by the server (Triton's ensemble success counter: a leaked ensemble request never is), the
+RSS of tritonserver and of every Python stub at the end within 1.1x of its RSS after warm-up, and
+the server serving normally afterwards. Takes ~STRESS_SECONDS + 30 s.
 The soak (10 min, 128 clients) is bench/soak_serving.py.
 """
 from __future__ import annotations
