@@ -72,8 +72,11 @@ convert_checkpoint(sys.argv[1], sys.argv[2], tp=2, progress=False)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_run_leaves_no_valid_output(tmp_path, convert_source, sig):
     out = tmp_path / "out"
+    # SIGINT as in a terminal: a runner started in the background (`cmd &` in a script) ignores it,
+    # its children inherit that, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_CONVERT, str(convert_source), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "WRITING"  # blocked mid-write until the signal below
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)

@@ -162,7 +162,9 @@ def test_resume_after_kill_mid_run(tmp_path, sig):
         journal = tmp_path / "r.journal.jsonl"
         cmd = [sys.executable, "-m", "nemo_trt.cli",
                *eval_args(state, dataset, out, "-k", str(k), "--concurrency", "2")]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT as in a terminal, even when this runner was started in the background (SIGINT ignored)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             if journal.exists() and journal.read_text().count("\n") >= 8:
