@@ -77,9 +77,14 @@ def test_interrupted_run_leaves_no_valid_output(tmp_path, convert_source, sig):
     proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_CONVERT, str(convert_source), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert proc.stdout.readline().strip() == "WRITING"  # blocked mid-write until the signal below
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout.readline().strip() == "WRITING"  # blocked mid-write until the signal below
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:  # a child that ignored the signal would block forever
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == -sig or (sig == signal.SIGINT and proc.returncode != 0), (proc.returncode, stderr)
     if sig == signal.SIGINT:
         assert "KeyboardInterrupt" in stderr  # the Ctrl-C surfaced, nothing swallowed it
