@@ -32,6 +32,11 @@ LIBRARY_ENV = "NEMO_TRT_HTTP_BACKPRESSURE_LIB"
 MODE_ENV = "NEMO_TRT_HTTP_BACKPRESSURE"  # wait (default) | count (report drops, fix nothing) | off
 SNDBUF_ENV = "NEMO_TRT_HTTP_BACKPRESSURE_SNDBUF"  # tests: shrink the worker queues to reach the limit
 LIBRARY_NAME = "libnemo_trt_http_backpressure.so"
+
+
+class CannotBuild(NemoTrtError):
+    """No C compiler, or the build failed: the launcher serves without the library and says so."""
+
 # What the library prints to the server log (tests and the stress check read these).
 ACTIVE_LINE = "nemo-trt http-backpressure: active"
 DROP_MARKERS = ("Triton drops this response", "response dropped")
@@ -41,7 +46,7 @@ def compile_library(output: Path, compiler: str | None = None) -> Path:
     """Compile SOURCE into `output` (written next to it, then renamed into place)."""
     compiler = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
-        raise NemoTrtError(
+        raise CannotBuild(
             "no C compiler to build the HTTP backpressure library for tritonserver",
             "install one (Debian/Ubuntu: apt-get install gcc libc6-dev), point $NEMO_TRT_HTTP_BACKPRESSURE_LIB "
             "at a built copy, or serve without it (--no-http-backpressure; HTTP clients can then hang under load)",
@@ -53,7 +58,7 @@ def compile_library(output: Path, compiler: str | None = None) -> Path:
         result = subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-Wall", "-o", tmp, str(SOURCE), "-ldl"],
                                 capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise NemoTrtError(
+            raise CannotBuild(
                 f"building the HTTP backpressure library with {compiler} failed:\n{result.stderr.strip()}",
                 "install the C library headers (Debian/Ubuntu: apt-get install libc6-dev), or serve without it "
                 "(--no-http-backpressure)",

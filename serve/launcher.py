@@ -10,6 +10,7 @@ What the bundled server needs on a CPU-only machine (cpu-triton.md §3-§5 and a
   wheel's `nvidia_pytriton.libs` -- for that server only: the NGC container's tritonserver gets
   the environment unchanged (its library search order puts CUDA forward-compat libs first);
 - numpy < 2 in this environment (numpy 2 corrupts tensors in the stub).
+Every tritonserver gets serve/http_backpressure.c preloaded (http_backpressure.py says why).
 
 Multi-rank TensorRT-LLM engines run one tritonserver per rank under mpirun (leader mode),
 like TensorRT-LLM's `triton_backend/scripts/launch_triton_server.py`: ranks > 0 load only
@@ -537,7 +538,7 @@ class TritonServer:
 
             try:
                 http_backpressure.preload(env, http_backpressure.library(cache_dir()))
-            except NemoTrtError as exc:
+            except http_backpressure.CannotBuild as exc:  # a wrong $NEMO_TRT_HTTP_BACKPRESSURE_LIB still fails
                 self.http_backpressure_missing = f"{exc.problem}; {exc.fix}"
         return self.command, env
 

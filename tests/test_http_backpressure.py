@@ -120,6 +120,14 @@ def test_the_launcher_preloads_it_into_tritonserver(tmp_path, monkeypatch):
     assert str(first) not in env.get("LD_PRELOAD", "") and hb.MODE_ENV not in env
 
 
+def test_a_wrong_library_path_stops_the_launcher(tmp_path, monkeypatch):
+    from nemo_trt.serve.launcher import TritonServer
+
+    monkeypatch.setenv(hb.LIBRARY_ENV, str(tmp_path / "nowhere.so"))
+    with pytest.raises(NemoTrtError, match="does not exist"):
+        TritonServer(_python_repo(tmp_path)).prepare()
+
+
 def test_without_a_compiler_the_launcher_serves_and_says_why(tmp_path, monkeypatch):
     from nemo_trt.serve.launcher import TritonServer
 
