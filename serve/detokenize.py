@@ -44,6 +44,15 @@ class IncrementalDetokenizer:
     def add_many(self, token_ids: Iterable[int]) -> str:
         return "".join(self.add(t) for t in token_ids)
 
+    def add_all(self, token_ids: list[int]) -> str:
+        """The text of every id of a generation at once (a non-streamed answer): add_many() then
+        finish(), in one `decode` where nothing was fed before (a step per token costs ~1 µs)."""
+        if self.num_tokens:
+            return self.add_many(token_ids) + self.finish()
+        self.num_tokens = len(token_ids)
+        self._context = list(token_ids[-_CONTEXT:])
+        return self._tokenizer.decode(token_ids, skip_special_tokens=self._skip)
+
     def finish(self) -> str:
         """Text of ids still held back (an incomplete character at the very end)."""
         if not self._pending:

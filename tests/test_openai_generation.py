@@ -246,3 +246,34 @@ def test_no_prompt_counter_where_the_stream_has_the_length_or_no_tokenizer():
     facts = load_serving_facts()
     assert PromptCounter.for_deployment(TOKENIZER, facts, deployment(FakeUpstream())) is None
     assert PromptCounter.for_deployment(None, facts, deployment(StockLayoutUpstream())) is None
+
+
+def test_infer_request_is_byte_identical_to_tritonclients():
+    """The gateway builds its gRPC requests itself (no numpy per request): the bytes must be what
+    tritonclient's InferInput path sends for the same tensors, every datatype included."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc._utils import _get_inference_request
+
+    from nemo_trt.serve.openai.upstream import UpstreamRequest
+
+    request = UpstreamRequest(
+        messages=[{"role": "user", "content": "héllo ✓"}], reasoning="on", tools='[{"type": "function"}]',
+        continue_final=True, max_tokens=17, stream=False, temperature=0.6, top_p=0.95, top_k=3, seed=2**64 - 1,
+        presence_penalty=0.5, frequency_penalty=-0.3, repetition_penalty=1.1, min_tokens=2,
+        stop_words=["</x>", "ü"], return_log_probs=True, request_id="req-1")
+    numpy_types = {"BYTES": object, "BOOL": bool, "INT32": np.int32, "FP32": np.float32, "UINT64": np.uint64}
+    inputs = []
+    for name, datatype, values in request.tensors():
+        value = np.array([[v.encode() if datatype == "BYTES" else v for v in values]], dtype=numpy_types[datatype])
+        tensor = grpcclient.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    assert {name for name, _, _ in request.tensors()} == {
+        "messages", "stream", "reasoning", "tools", "continue_final", "max_tokens", "temperature", "top_p",
+        "presence_penalty", "frequency_penalty", "repetition_penalty", "top_k", "min_tokens", "seed",
+        "stop_words", "return_log_probs"}
+    outputs = [grpcclient.InferRequestedOutput(n) for n in ("output_ids", "sequence_length")]
+    expected = _get_inference_request("ensemble_tokens", inputs, "", "req-1", outputs, 0, False, False, 0, None, None)
+    built = request.infer_request("ensemble_tokens", ["output_ids", "sequence_length"])
+    assert built.SerializeToString() == expected.SerializeToString()

@@ -73,3 +73,17 @@ def test_finish_flushes_a_cut_character(tokenizer):
     assert text == "日本"
     assert detok.finish() == tokenizer.decode(ids)[len("日本"):]  # the replacement char, like decode()
     assert detok.finish() == ""
+
+
+def test_add_all_equals_token_by_token(tokenizer):
+    """A non-streamed answer is decoded in one call; the text is what streaming it would give,
+    and a detokenizer already fed keeps streaming."""
+    rng = random.Random(2)
+    for _ in range(200):
+        ids = tokenizer.encode(rng.choice(TEXTS), add_special_tokens=False).ids
+        ids = ids[: rng.randint(1, len(ids))]
+        ids.insert(rng.randint(0, len(ids)), rng.choice([128000, 128009]))
+        assert IncrementalDetokenizer(tokenizer).add_all(ids) == "".join(_stream(tokenizer, ids))
+        cut = rng.randint(0, len(ids))
+        detok = IncrementalDetokenizer(tokenizer)
+        assert detok.add_many(ids[:cut]) + detok.add_all(ids[cut:]) == tokenizer.decode(ids, skip_special_tokens=True)

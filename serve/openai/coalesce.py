@@ -5,7 +5,8 @@ then the body in a write of its own: a JSON answer costs two `send` syscalls and
 client twice. Here the protocol's transport holds the writes of one loop turn and hands
 them to the real transport together at the end of it (`call_soon`), so a whole answer —
 or an SSE event with the response head before it — leaves in one write. Nothing waits
-longer than the current turn: streamed tokens go out as soon as before.
+longer than the current turn: streamed tokens go out as soon as before, and a response's
+last write leaves at once (uvicorn's `on_response_complete`), not at the end of the turn.
 """
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ def coalescing_protocol(base: type) -> type:
     class Coalescing(base):
         def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(CoalescingTransport(transport, asyncio.get_running_loop()))
+
+        def on_response_complete(self) -> None:
+            # the answer is whole: out now, ahead of whatever else this loop turn has queued
+            self.transport.flush()
+            super().on_response_complete()
 
     Coalescing.__name__ = f"Coalescing{base.__name__}"
     return Coalescing

@@ -86,6 +86,8 @@ class Generation:
         self.prompt_counter = prompt_counter
         self._prompt_len: asyncio.Future[int | None] | None = None
         self._local_prompt_len: int | None = None  # counted here, to check against preprocessing's
+        self._count: asyncio.Handle | None = None  # the pending count (events)
+        self._first: UpstreamRequest = plan.request
         self.plan = plan
         self.deployment = deployment
         self.tokenizer = tokenizer
@@ -211,11 +213,15 @@ class Generation:
             self._tools.feed(plan.tools.prefill)  # the model continues the opened call
             first = self._leg(first, plan.tools.prefill, first.max_tokens, stream)
         leg: UpstreamRequest | None = first
-        self._start_prompt_length(first)
+        self._first = first
+        # counted once the request is on its way (this runs at the first wait for Triton), so
+        # that the count overlaps with the generation instead of delaying its start
+        self._count = asyncio.get_running_loop().call_soon(self._start_prompt_length, first)
         try:
             async for event in self._legs(first, leg, stream):
                 yield event
         finally:
+            self._count.cancel()
             if self._prompt_len is not None and not self._prompt_len.done():
                 self._prompt_len.cancel()
 
@@ -223,6 +229,11 @@ class Generation:
         """The prompt length, where the ensemble's stream lacks it: counted here once the counter
         is trusted (prompt_length.py), else asked of preprocessing in a unary call of its own,
         now, so that it runs beside the generation instead of after its last token."""
+        if self._count is None or self._count.cancelled():
+            return
+        self._count.cancel()  # once: also when called before its turn (_known_prompt_tokens)
+        if self.outcome.prompt_tokens:  # the ensemble's stream already said it
+            return
         counter = self.prompt_counter
         local = counter.count(first) if counter is not None else None
         if local is not None and counter is not None and counter.trusted:
@@ -233,6 +244,7 @@ class Generation:
             if hasattr(self.upstream, "prompt_tokens") else None
 
     async def _known_prompt_tokens(self) -> None:
+        self._start_prompt_length(self._first)
         if not self.outcome.prompt_tokens and self._prompt_len is not None:
             served = await self._prompt_len
             if self._local_prompt_len is not None and self.prompt_counter is not None:

@@ -166,27 +166,32 @@ def sampling_into(request: SamplingFields, upstream: UpstreamRequest, deployment
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`; if the client goes away first, cancel it (which cancels it in Triton)."""
-    task = asyncio.ensure_future(work)
+    """Run `work` in this task; if the client goes away first, cancel it (which cancels it in
+    Triton). Only the watcher is a task of its own: the work's answer needs no extra loop turn."""
+    task = asyncio.current_task()
+    assert task is not None
+    state = {"done": False, "gone": False}
 
     async def disconnected() -> None:
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
+                if not state["done"]:
+                    state["gone"] = True
+                    task.cancel()
                 return
 
     watcher = asyncio.ensure_future(disconnected())
     try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            return task.result()
-        task.cancel()
-        try:
-            await task
-        except (asyncio.CancelledError, Exception):  # noqa: BLE001 - the client is gone anyway
-            pass
-        raise asyncio.CancelledError("client disconnected")
+        result = await work
+        state["done"] = True
+        return result
+    except asyncio.CancelledError:
+        if state["gone"]:
+            raise asyncio.CancelledError("client disconnected") from None
+        raise
     finally:
+        state["done"] = True
         watcher.cancel()
 
 
@@ -218,7 +223,9 @@ async def respond(state: GatewayState, raw: Request, generation: Generation, str
             raise
         finally:
             state.release()
-        generation.close(generation.outcome.finish_reason)
+        # gauges and histograms once the answer has left (it leaves as soon as it is whole,
+        # coalesce.py): not between Triton's answer and the client
+        asyncio.get_running_loop().call_soon(generation.close, generation.outcome.finish_reason)
         return JSONResponse(body)
     events = generation.events()
     try:

@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import struct
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,61 +71,27 @@ class UpstreamRequest:
     want_ids: bool = False
     request_id: str = ""
 
-    def tensors(self) -> list[tuple[str, str, np.ndarray]]:
-        """(input name, Triton datatype, value with its batch dimension)."""
-        out: list[tuple[str, str, np.ndarray]] = []
-
-        def text(name: str, value: str) -> None:
-            out.append((name, "BYTES", np.array([[value.encode("utf-8")]], dtype=object)))
-
-        def number(name: str, value: Any, dtype: Any, triton: str) -> None:
-            out.append((name, triton, np.array([[value]], dtype=dtype)))
-
-        text("messages", json.dumps(self.messages, ensure_ascii=False))
-        number("stream", self.stream, bool, "BOOL")
-        if self.reasoning is not None:
-            text("reasoning", self.reasoning)
-        if self.tools is not None:
-            text("tools", self.tools)
-        if self.continue_final:
-            number("continue_final", True, bool, "BOOL")
-        if self.max_tokens is not None:
-            number("max_tokens", self.max_tokens, np.int32, "INT32")
-        for name, value in (("temperature", self.temperature), ("top_p", self.top_p),
-                            ("presence_penalty", self.presence_penalty),
-                            ("frequency_penalty", self.frequency_penalty),
-                            ("repetition_penalty", self.repetition_penalty)):
-            if value is not None:
-                number(name, value, np.float32, "FP32")
-        if self.top_k is not None:
-            number("top_k", self.top_k, np.int32, "INT32")
-        if self.min_tokens is not None:
-            number("min_tokens", self.min_tokens, np.int32, "INT32")
-        if self.seed is not None:
-            number("seed", self.seed, np.uint64, "UINT64")
+    def tensors(self) -> list[tuple[str, str, list[Any]]]:
+        """(input name, Triton datatype, its elements); each is sent with shape [1, elements]."""
+        out: list[tuple[str, str, list[Any]]] = [("messages", "BYTES", [json.dumps(self.messages, ensure_ascii=False)]),
+                                                 ("stream", "BOOL", [self.stream])]
+        optional = (("reasoning", "BYTES", self.reasoning), ("tools", "BYTES", self.tools),
+                    ("continue_final", "BOOL", self.continue_final or None),
+                    ("max_tokens", "INT32", self.max_tokens), ("temperature", "FP32", self.temperature),
+                    ("top_p", "FP32", self.top_p), ("presence_penalty", "FP32", self.presence_penalty),
+                    ("frequency_penalty", "FP32", self.frequency_penalty),
+                    ("repetition_penalty", "FP32", self.repetition_penalty), ("top_k", "INT32", self.top_k),
+                    ("min_tokens", "INT32", self.min_tokens), ("seed", "UINT64", self.seed))
+        out += [(name, datatype, [value]) for name, datatype, value in optional if value is not None]
         if self.stop_words:
-            out.append(("stop_words", "BYTES",
-                        np.array([[w.encode("utf-8") for w in self.stop_words]], dtype=object)))
+            out.append(("stop_words", "BYTES", list(self.stop_words)))
         if self.return_log_probs:
-            number("return_log_probs", True, bool, "BOOL")
+            out.append(("return_log_probs", "BOOL", [True]))
         return out
 
     def infer_request(self, model: str, outputs: list[str]) -> Any:
-        """The ModelInferRequest protobuf of this generation, built straight from the values
-        (tritonclient's InferInput path costs ~70 µs of numpy and checks per request)."""
-        from tritonclient.grpc import service_pb2
-
-        request = service_pb2.ModelInferRequest(model_name=model, id=self.request_id)
-        for name, datatype, value in self.tensors():
-            tensor = request.inputs.add()
-            tensor.name = name
-            tensor.datatype = datatype
-            tensor.shape.extend(value.shape)
-            request.raw_input_contents.append(
-                b"".join(struct.pack("<I", len(v)) + v for v in value.flat) if datatype == "BYTES" else value.tobytes())
-        for name in outputs:
-            request.outputs.add().name = name
-        return request
+        """The ModelInferRequest protobuf of this generation."""
+        return infer_request(model, self.tensors(), outputs, self.request_id)
 
     def outputs(self, available: frozenset[str] = frozenset()) -> list[str]:
         """What the gateway reads, of what the ensemble has (`num_input_tokens` is not in every
@@ -141,11 +107,40 @@ class UpstreamRequest:
         """What the gateway reads of `ensemble_tokens`."""
         return [*TOKEN_OUTPUTS, "output_log_probs"] if self.return_log_probs else list(TOKEN_OUTPUTS)
 
-    def preprocessing_tensors(self) -> list[tuple[str, str, np.ndarray]]:
+    def preprocessing_tensors(self) -> list[tuple[str, str, list[Any]]]:
         """The `preprocessing` model's inputs for this request (to ask it for the prompt length)."""
         names = {"messages": "MESSAGES", "reasoning": "REASONING", "tools": "TOOLS",
                  "continue_final": "CONTINUE_FINAL", "max_tokens": "REQUEST_OUTPUT_LEN"}
         return [(names[n], t, v) for n, t, v in self.tensors() if n in names]
+
+
+_STRUCT = {"BOOL": "?", "INT32": "i", "FP32": "f", "UINT64": "Q"}
+
+
+def raw_contents(datatype: str, values: list[Any]) -> bytes:
+    """Elements -> Triton's raw tensor bytes: little-endian numbers; BYTES as a 4-byte length and
+    the UTF-8 data each."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v)) + v for v in (x.encode("utf-8") for x in values))
+    return struct.pack(f"<{len(values)}{_STRUCT[datatype]}", *values)
+
+
+def infer_request(model: str, tensors: list[tuple[str, str, list[Any]]], outputs: list[str],
+                  request_id: str = "") -> Any:
+    """A ModelInferRequest protobuf built straight from the values: tritonclient's InferInput
+    path costs ~70 µs of numpy and checks per request (bench/results/openai_gateway.md)."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    for name, datatype, values in tensors:
+        tensor = request.inputs.add()
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend((1, len(values)))
+        request.raw_input_contents.append(raw_contents(datatype, values))
+    for name in outputs:
+        request.outputs.add().name = name
+    return request
 
 
 @dataclass(slots=True)
@@ -201,9 +196,7 @@ def parse_token_response(response: Any, detokenizer: IncrementalDetokenizer, bef
     final_param = response.parameters.get("triton_final_response")
     final = bool(final_param.bool_param) if final_param is not None else False
     ids = token_ids(values)
-    text = detokenizer.add_many(ids)
-    if final:
-        text += detokenizer.finish()
+    text = detokenizer.add_all(ids) if final else detokenizer.add_many(ids)
     log_probs = values.get("output_log_probs")
     return UpstreamDelta(
         text=text, num_output_tokens=before + len(ids), num_input_tokens=None, token_ids=ids,
@@ -235,23 +228,18 @@ class _Stream:
     open and reused does not. A request that must stop early (client gone, stop string,
     thinking budget) cancels its stream, which is then thrown away: Triton cancels the
     requests of a stream only by cancelling the stream.
+
+    Requests are written by the generation's own task (`call.write`), not fed through a
+    request iterator: that would hand each one to grpc's consumer task, a loop turn later.
     """
 
-    def __init__(self, stub: Any, idle_since: float = 0.0):
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.call = stub.ModelStreamInfer(self._requests())
+    def __init__(self, stub: Any):
+        self.call = stub.ModelStreamInfer()
         self.used = False
-        self.idle_since = idle_since
 
-    async def _requests(self) -> AsyncIterator[Any]:
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            yield item
-
-    def send(self, request: Any) -> None:
-        self._queue.put_nowait(request)
+    async def send(self, request: Any) -> None:
+        """Writes the request (grpc starts the write at once; this waits for it to be taken)."""
+        await self.call.write(request)
 
     async def receive(self) -> Any:
         """The next ModelStreamInferResponse; StopAsyncIteration when the stream ended."""
@@ -265,8 +253,14 @@ class _Stream:
     def cancel(self) -> None:
         self.call.cancel()
 
-    def close(self) -> None:
-        self._queue.put_nowait(None)
+
+async def _send(stream: _Stream, body: Any) -> None:
+    import grpc
+
+    try:
+        await stream.send(body)
+    except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+        pass  # the stream is broken: reading it reports why (and a used one is replaced)
 
 
 class TritonUpstream:
@@ -312,7 +306,7 @@ class TritonUpstream:
             stream.used = True
             self._idle.append(stream)
         else:
-            stream.close()
+            stream.cancel()  # idle: nothing of it is running in Triton
 
     async def close(self) -> None:
         for stream in self._idle:
@@ -340,17 +334,10 @@ class TritonUpstream:
 
     async def prompt_tokens(self, request: UpstreamRequest, timeout: float = 30.0) -> int | None:
         """The prompt length preprocessing renders for `request` (one unary call)."""
-        import tritonclient.grpc as grpcclient
-
-        inputs = []
-        for name, datatype, value in request.preprocessing_tensors():
-            tensor = grpcclient.InferInput(name, list(value.shape), datatype)
-            tensor.set_data_from_numpy(value)
-            inputs.append(tensor)
+        body = infer_request(PREPROCESSING, request.preprocessing_tensors(), ["REQUEST_INPUT_LEN"])
         try:
-            result = await self._client().infer(PREPROCESSING, inputs, client_timeout=timeout,
-                                                outputs=[grpcclient.InferRequestedOutput("REQUEST_INPUT_LEN")])
-            return int(result.as_numpy("REQUEST_INPUT_LEN").reshape(-1)[0])
+            response = await self._stubs[0].ModelInfer(body, timeout=timeout)
+            return int(struct.unpack_from("<i", response.raw_output_contents[0])[0])
         except Exception:  # noqa: BLE001 - usage then lacks the prompt length, the answer stands
             return None
 
@@ -373,10 +360,10 @@ class TritonUpstream:
         tokens = 0
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         stream = self._acquire()
-        stream.send(body)
         received = False
         finished = False
         try:
+            await _send(stream, body)
             while True:
                 try:
                     if deadline is None:
@@ -389,8 +376,9 @@ class TritonUpstream:
                 except (StopAsyncIteration, grpc.aio.AioRpcError) as exc:
                     if not received and stream.used:
                         # a stream that broke while idle (Triton restarted): once more on a new one
+                        stream.cancel()
                         stream = self._acquire(fresh=True)
-                        stream.send(body)
+                        await _send(stream, body)
                         continue
                     finished = True
                     if isinstance(exc, StopAsyncIteration):
