@@ -17,7 +17,14 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from nemo_trt.model_facts import Reasoning, ServingFacts
-from nemo_trt.serve.prompt import PromptError, PromptRenderer, decode_utf8, parse_messages, parse_reasoning
+from nemo_trt.serve.prompt import (
+    PromptError,
+    PromptRenderer,
+    RenderedPrompt,
+    decode_utf8,
+    parse_messages,
+    parse_reasoning,
+)
 from nemo_trt.serve.toolcall import ToolSpecError, parse_tools
 
 
@@ -156,7 +163,8 @@ class Preprocessor:
                 ids.append(self._tokenizer.encode(text, add_special_tokens=False).ids)
         return ids
 
-    def prepare(self, fields: RequestFields) -> PreparedRequest:
+    def render(self, fields: RequestFields) -> RenderedPrompt:
+        """The request's checks and its prompt (what `prepare` and prompt counting share)."""
         s = self.settings
         for name, value in fields.unsupported_flags.items():
             if value:
@@ -200,6 +208,12 @@ class Preprocessor:
             rendered = self.renderer.render_text(decode_utf8(text, "text_input"), explicit, s.default_reasoning)
         else:
             raise PromptError("no prompt: send text_input (a user prompt) or messages (a JSON chat)")
+        return rendered
+
+    def prepare(self, fields: RequestFields) -> PreparedRequest:
+        s = self.settings
+        rendered = self.render(fields)
+        seed = fields.seed if fields.seed is not None else fields.random_seed
         n = len(rendered.ids)
         if n > s.max_input_len:
             raise PromptError(f"the prompt is {n} tokens, longer than this engine's max input length "

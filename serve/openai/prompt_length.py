@@ -50,14 +50,15 @@ class PromptCounter:
         return cls(tokenizer, facts, settings)
 
     def count(self, request: UpstreamRequest) -> int | None:
-        """The prompt length preprocessing gets for `request`; None when it would refuse it
+        """The prompt length preprocessing gets for `request`; None when it cannot render it
         (Triton's answer then carries the error) or counting is off."""
         if not self.enabled:
             return None
         fields = RequestFields(messages=request.messages, reasoning=request.reasoning, tools=request.tools,
                                continue_final=request.continue_final, max_tokens=request.max_tokens)
         try:
-            return self._preprocessor.prepare(fields).input_len
+            # the prompt only: a request preprocessing refuses on other grounds fails in Triton
+            return len(self._preprocessor.render(fields).ids)
         except (PromptError, ToolSpecError, ValueError, TypeError):
             return None
 
