@@ -20,7 +20,8 @@ difference under 80 ms of scheduling noise. Part 2 runs on a second server at --
 
 1. Per request (sequential, one connection each), an 8-token answer, reasoning off:
    (a) tritonclient gRPC stream API to ensemble_tokens, stream=false, text made client-side <- baseline
-   (b) POST /v1/chat/completions, non-streamed, keep-alive
+   (b) POST /v1/chat/completions, non-streamed, keep-alive, a minimal HTTP/1.1 client (RawHttp)
+   (b*) the same through http.client (its own header parsing timed too: reported beside)
    (c) tritonclient to the text ensemble
    (a') / (b') / (c') the same, streamed (time to the last token's text)
    overhead = p50(b) - p50(a)   (target <= 1 ms); also p50(b') - p50(a') and p50(b) - p50(c).
@@ -44,6 +45,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -122,8 +124,7 @@ def start_gateway(grpc_url: str, repo: Path, log: Path) -> tuple[subprocess.Pope
 
 # --------------------------------------------------------------------------- 1. per request
 class Http:
-    """A lean keep-alive HTTP/1.1 client (stdlib http.client) for the sequential part: what is
-    timed is the gateway, not an HTTP library's own per-request work."""
+    """A keep-alive HTTP/1.1 client (stdlib http.client): the streamed path, and (b*)."""
 
     def __init__(self, base: str):
         host, port = base.removeprefix("http://").split(":")
@@ -136,6 +137,36 @@ class Http:
 
     def close(self) -> None:
         self.connection.close()
+
+
+class RawHttp:
+    """The leanest keep-alive HTTP/1.1 client: request bytes made once, one `sendall`, the time
+    stopped when the answer's last byte is in. The direct path stops its clock in grpc's
+    callback, before tritonclient makes anything of the response; this stops the gateway's at
+    the same point (http.client parses headers with email.parser, ~50 µs that are the client's).
+    Non-streamed (Content-Length) answers only."""
+
+    def __init__(self, base: str, path: str, body: bytes):
+        host, port = base.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+        self.request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    def post(self) -> tuple[int, bytes]:
+        """(status, body) of one answer."""
+        self.sock.sendall(self.request)
+        status = int(self.file.readline().split()[1])
+        length = 0
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return status, self.file.read(length)
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
 
 
 def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int,
@@ -178,7 +209,16 @@ def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int,
         assert text == SHORT_ANSWER, text
         return last - start
 
+    raw = RawHttp(gateway, "/v1/chat/completions", whole_body)
+
     def gateway_whole():
+        start = time.perf_counter()
+        status, data = raw.post()
+        elapsed = time.perf_counter() - start
+        assert status == 200 and json.loads(data)["choices"][0]["message"]["content"] == SHORT_ANSWER, data
+        return elapsed
+
+    def gateway_whole_http_client():
         start = time.perf_counter()
         response = client.post("/v1/chat/completions", whole_body)
         data = response.read()
@@ -209,7 +249,8 @@ def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int,
         return last - start
 
     paths = {"direct_non_streamed": direct_whole, "direct_tokens_non_streamed": direct_tokens_whole,
-             "gateway_non_streamed": gateway_whole, "direct_streamed": direct_streamed,
+             "gateway_non_streamed": gateway_whole, "gateway_non_streamed_http_client": gateway_whole_http_client,
+             "direct_streamed": direct_streamed,
              "direct_tokens_streamed": direct_tokens_streamed, "gateway_streamed": gateway_streamed}
     samples: dict[str, list[float]] = {name: [] for name in paths}
     try:
@@ -221,6 +262,7 @@ def measure_requests(grpc_url: str, gateway: str, iterations: int, warmup: int,
     finally:
         stream.close()
         client.close()
+        raw.close()
     return samples
 
 
@@ -393,8 +435,8 @@ def run(iterations: int, warmup: int, rounds: int, tokens: int, interval: float,
             f"{request_interval * 1e3:g} ms); {iterations} interleaved requests per path (+{warmup} warm-up) ...")
         before = cpu_seconds(gateway_process.pid)
         samples = measure_requests(server.grpc_url, gateway, iterations, warmup, tokenizer)
-        # the gateway serves only path (b)/(b'): its CPU over their requests (warm-up included)
-        gateway_cpu_us = (cpu_seconds(gateway_process.pid) - before) / (2 * (iterations + warmup)) * 1e6
+        # the gateway serves only paths (b), (b*) and (b'): its CPU over their requests (warm-up included)
+        gateway_cpu_us = (cpu_seconds(gateway_process.pid) - before) / (3 * (iterations + warmup)) * 1e6
         p50 = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
         log(f"  overhead p50 {p50['gateway_non_streamed'] - p50['direct_tokens_non_streamed']:.3f} ms")
     text = script_text(tokenizer, tokens).replace("<think>", "").replace("</think>", "")
@@ -429,6 +471,9 @@ def run(iterations: int, warmup: int, rounds: int, tokens: int, interval: float,
             b - a for a, b in zip(samples["direct_tokens_non_streamed"], samples["gateway_non_streamed"])) * 1e3, 3),
         # against a stock Triton client of the text ensemble (text_output made in Triton)
         "overhead_vs_text_ensemble_ms": round(p50["gateway_non_streamed"] - p50["direct_non_streamed"], 3),
+        # the same requests through http.client (its header parsing timed too)
+        "overhead_http_client_ms": round(p50["gateway_non_streamed_http_client"]
+                                         - p50["direct_tokens_non_streamed"], 3),
         "gateway_cpu_us_per_request": round(gateway_cpu_us, 1),
         "overhead_target_ms": TARGET_OVERHEAD_MS,
         "overhead_meets_target": overhead <= TARGET_OVERHEAD_MS,
@@ -449,7 +494,8 @@ def report(result: dict) -> str:
                  f"{result['overhead_p10_ms']:.3f} ms, median of paired differences "
                  f"{result['overhead_paired_p50_ms']:.3f} ms; gateway CPU "
                  f"{result['gateway_cpu_us_per_request']:.0f} us per request; vs the text ensemble "
-                 f"{result['overhead_vs_text_ensemble_ms']:.3f} ms")
+                 f"{result['overhead_vs_text_ensemble_ms']:.3f} ms; with http.client as the client "
+                 f"{result['overhead_http_client_ms']:.3f} ms")
     lines.append(f"load average {result['machine']['load_average_start']} -> {result['machine']['load_average']}")
     t = result["throughput"]
     lines.append(f"{t['concurrency']} streams x {t['tokens_per_stream']} tokens: direct (ensemble_tokens) "

@@ -1,8 +1,11 @@
-"""The FastAPI application: routes, auth, body limit, error handlers, lifespan.
+"""The gateway's ASGI app: routes, auth, body limit, error handlers, lifespan.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
 GET /v1/health/live, GET /v1/health/ready (200 only when Triton and its ensemble are
 ready), GET /metrics (and /v1/metrics, NIM's path). Every error is an OpenAI error body.
+
+    ArrivalStamp → BodyLimit → AuthGate → GenerationRoutes ─(the two POSTs)─▶ chat / completions
+                                                     └─(everything else)─▶ FastAPI
 """
 from __future__ import annotations
 
