@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 
@@ -406,7 +407,12 @@ def test_body_limit_and_inflight_limit():
 
 
 def test_disconnect_of_a_non_streamed_request_cancels_it():
+    """The generation is cancelled upstream; a client hanging up is no server error in the log."""
     g = start(FakeUpstream(script, interval=0.02))
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append  # type: ignore[method-assign]
+    logging.getLogger("uvicorn.error").addHandler(handler)  # after start: uvicorn configures its loggers
     try:
         body = json.dumps(ask("LONG")).encode()
         host, port = g.url.removeprefix("http://").split(":")
@@ -418,7 +424,10 @@ def test_disconnect_of_a_non_streamed_request_cancels_it():
         while not g.upstream.cancelled and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(g.upstream.cancelled) == 1 and not g.upstream.completed
+        time.sleep(0.2)
+        assert not errors, [r.getMessage() for r in errors]
     finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
         g.stop()
 
 

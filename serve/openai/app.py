@@ -32,7 +32,7 @@ from nemo_trt.serve.openai.completions import CompletionService
 from nemo_trt.serve.openai.errors import OpenAIError, from_validation, unauthorized, unavailable
 from nemo_trt.serve.openai.metrics import CONTENT_TYPE, GatewayMetrics
 from nemo_trt.serve.openai.protocol import ChatCompletionRequest, CompletionRequest
-from nemo_trt.serve.openai.serving import GatewayConfig, GatewayState, log
+from nemo_trt.serve.openai.serving import ClientGone, GatewayConfig, GatewayState, log
 from nemo_trt.serve.openai.upstream import TritonUpstream
 from nemo_trt.serve.repo_identity import digest, tokenizer_file_hashes
 
@@ -250,6 +250,8 @@ class GenerationRoutes:
         try:
             body = model.model_validate_json(await request.body())
             response = await handler(body, request, _arrival(request))
+        except ClientGone:
+            return  # a client that hangs up is not an error of the server's
         except OpenAIError as exc:
             response = error_response(self.metrics, exc)
         except ValidationError as exc:

@@ -165,9 +165,14 @@ def sampling_into(request: SamplingFields, upstream: UpstreamRequest, deployment
     upstream.stop_words = [s for s in request.stop_list() if s]
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its answer: there is no one to answer."""
+
+
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run `work` in this task; if the client goes away first, cancel it (which cancels it in
-    Triton). Only the watcher is a task of its own: the work's answer needs no extra loop turn."""
+    Triton) and raise ClientGone. Only the watcher is a task of its own: the work's answer
+    needs no extra loop turn."""
     task = asyncio.current_task()
     assert task is not None
     state = {"done": False, "gone": False}
@@ -188,7 +193,8 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         return result
     except asyncio.CancelledError:
         if state["gone"]:
-            raise asyncio.CancelledError("client disconnected") from None
+            task.uncancel()  # the cancel was ours, not the server's
+            raise ClientGone() from None
         raise
     finally:
         state["done"] = True
@@ -214,7 +220,7 @@ async def respond(state: GatewayState, raw: Request, generation: Generation, str
     if not stream:
         try:
             body = await until_disconnect(raw, whole())
-        except asyncio.CancelledError:
+        except (ClientGone, asyncio.CancelledError):
             state.metrics.finished("abort")
             generation.close(None)
             raise
