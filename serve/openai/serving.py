@@ -193,7 +193,9 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         return result
     except asyncio.CancelledError:
         if state["gone"]:
-            task.uncancel()  # the cancel was ours, not the server's
+            uncancel = getattr(task, "uncancel", None)  # Python 3.11+: the cancel was ours, not the server's
+            if uncancel is not None:
+                uncancel()
             raise ClientGone() from None
         raise
     finally:
