@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,15 +42,20 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 CALLS = '<TOOLCALL>[get_weather(city="Paris", unit="C"), get_weather(city="東京")]</TOOLCALL>'
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    work = tmp_path_factory.mktemp("scripted-openai")
+def scripted_repository(work: Path) -> Path:
     (work / "ref").mkdir()
     (work / "ref" / "config.json").write_text(json.dumps({"vocab_size": 128256, "max_position_embeddings": 8192}))
     plan = SimpleNamespace(build=SimpleNamespace(max_batch_size=4, max_input_len=2048, max_seq_len=4096,
                                                  max_num_tokens=None))
     repo = write_repository(work / "repo", tokenizer_dir=TOKENIZER_DIR, reference_dir=work / "ref", plan=plan)
     shutil.copy(FIXTURE, repo / "tensorrt_llm" / "1" / "model.py")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    work = tmp_path_factory.mktemp("scripted-openai")
+    repo = scripted_repository(work)
     process = subprocess.Popen(
         [sys.executable, "-m", "nemo_trt.cli", "serve", "--repo", str(repo), "--http-port", "0", "--grpc-port", "0",
          "--metrics-port", "0", "--openai-port", "0", "--api-key", "k3y", "--json", "--log-file",
@@ -242,3 +249,60 @@ def test_the_gateway_makes_the_text_from_token_ids_and_equals_the_text_ensemble(
                 streamed, streamed_reasoning)
 
     assert [comparable(a) for a in tokens_path] == [comparable(a) for a in text_path]
+
+
+def test_the_gateway_rides_out_a_triton_restart(tmp_path):
+    """Triton goes away under a gateway with open streams in its pool: requests get 503 with
+    Retry-After (never a 500 or a hang), readiness says so, and once Triton is back on its port
+    the next requests succeed, the streams that broke while idle replaced on the way."""
+    import asyncio
+
+    from nemo_trt.serve.launcher import TritonServer
+    from nemo_trt.serve.openai.runner import GatewayThread
+    from nemo_trt.serve.openai.serving import GatewayConfig
+
+    repo = scripted_repository(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def triton() -> TritonServer:
+        return TritonServer(repo, http_port=0, grpc_port=port, metrics_port=0, log_file=tmp_path / "server.log",
+                            http_backpressure=False)
+
+    def ask(text: str, stream: bool = False) -> httpx.Response:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "SCRIPT:" + text}], "stream": stream,
+                "chat_template_kwargs": {"thinking": False}}
+        return httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30)
+
+    def ready() -> int:
+        return httpx.get(gateway.url + "/v1/health/ready", timeout=10).status_code
+
+    async def concurrently(n: int) -> list[int]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "SCRIPT:pooled"}]}
+            answers = await asyncio.gather(*(http.post("/v1/chat/completions", json=body) for _ in range(n)))
+        return [a.status_code for a in answers]
+
+    server = triton().start()
+    gateway = GatewayThread(GatewayConfig(f"127.0.0.1:{port}", tokenizer_dir=repo / "preprocessing" / "tokenizer"))
+    gateway.start()
+    try:
+        assert asyncio.run(concurrently(4)) == [200] * 4  # streams left open in the gateway's pool
+        server.stop()
+        down = ask("while down")
+        assert down.status_code == 503 and down.headers["retry-after"], down.text
+        assert down.json()["error"]["type"] == "service_unavailable"
+        assert ready() == 503
+        server = triton().start()
+        deadline = time.monotonic() + 60  # grpc reconnects with a capped backoff
+        while ready() != 200:
+            assert time.monotonic() < deadline, "the gateway did not see Triton come back"
+            time.sleep(0.2)
+        for text in ("back again", "and again", "once more"):  # through streams that broke while idle
+            answer = ask(text)
+            assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == text
+        assert "data: [DONE]" in ask("streamed", stream=True).text
+    finally:
+        gateway.stop()
+        server.stop()

@@ -276,12 +276,15 @@ class TritonUpstream:
 
         self.url = url
         self.model = model
-        self._clients = [grpcaio.InferenceServerClient(url) for _ in range(max(1, channels))]
         self._next = 0
+        # grpc's reconnect backoff grows to 2 minutes: a Triton that restarted would stay "down"
+        # to the gateway that long. Triton is a local dependency; retry every 2 s at most.
+        options = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
+                   ("grpc.max_reconnect_backoff_ms", 2000)]
+        self._clients = [grpcaio.InferenceServerClient(url, channel_args=options) for _ in range(max(1, channels))]
         # Generations go through Triton's gRPC service itself (tritonclient's own protobuf
         # module): requests are built as protobufs and responses read as they come, with no
         # InferInput/InferResult layer per request and per token.
-        options = [("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1)]
         self._channels = [grpc.aio.insecure_channel(url, options=options) for _ in range(max(1, channels))]
         self._stubs = [service_pb2_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
         self._next_stub = 0
