@@ -20,6 +20,7 @@ shared-memory prefix.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import importlib.util
 import os
@@ -30,9 +31,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -40,6 +42,7 @@ from typing import IO, Literal
 from nemo_trt.errors import NemoTrtError
 
 ModelControlMode = Literal["none", "poll", "explicit"]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SYSTEM_TRITONSERVER = Path("/opt/tritonserver/bin/tritonserver")
 SHM_DIR = Path("/dev/shm")
 DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
@@ -442,6 +445,27 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn by which the kernel sends the server SIGTERM when this process dies (Linux):
+    a nemo-trt that crashed or was SIGKILLed then leaves no tritonserver holding GPUs and ports
+    behind (a stop by signal or Ctrl-C already stops it in order). Only when starting from the
+    main thread: the kernel ties the signal to the thread that forked, not to the process."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
+
+
 class TritonServer:
     """A tritonserver process on a model repository.
 
@@ -558,6 +582,7 @@ class TritonServer:
         self.process = subprocess.Popen(
             command, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the server in order
+            preexec_fn=parent_death_signal(),
         )
         try:
             self._wait_ready(self.process, self.log_file, began)

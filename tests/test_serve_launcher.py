@@ -269,3 +269,41 @@ def test_model_load_error_shows_log_tail(tmp_path):
     with pytest.raises(NemoTrtError, match="/nowhere is missing"):
         server.start()
     assert server.process is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")  # an exited orphan may wait as a zombie for its new parent
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
+def test_server_stops_when_the_process_that_started_it_dies(tmp_path):
+    """A nemo-trt that is SIGKILLed (OOM killer, kill -9) cannot stop its server in order; the
+    kernel's parent-death signal does: no tritonserver is left holding GPUs and ports."""
+    import signal
+    import subprocess
+    import time
+
+    _write_model(tmp_path, "echo", ECHO_CONFIG, ECHO_PY)
+    script = ("import sys, time\nfrom nemo_trt.serve.launcher import TritonServer\n"
+              f"server = TritonServer({str(tmp_path)!r}, http_port=0, grpc_port=0, metrics_port=0, "
+              f"log_file={str(tmp_path / 'log.txt')!r}).start()\n"
+              "print(server.process.pid, flush=True)\ntime.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server_pid = 0
+    try:
+        server_pid = int(parent.stdout.readline())
+        assert _alive(server_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 60
+        while _alive(server_pid):
+            assert time.monotonic() < deadline, "tritonserver outlived the process that started it"
+            time.sleep(0.2)
+    finally:
+        parent.kill()
+        if server_pid and _alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
