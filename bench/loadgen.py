@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from nemo_trt.serve.token_ensemble import token_ids
+from nemo_trt.serve.triton_request import Tensor, infer_request
 
 TEXT_NAMES = ("text_output", "reasoning_output", "answer_output")
 
@@ -92,39 +92,25 @@ class Record:
 # --------------------------------------------------------------------------- tensors
 
 
-def _tensor(name: str, value: Any) -> tuple[service_pb2.ModelInferRequest.InferInputTensor, bytes]:
+def _tensor(name: str, value: Any) -> Tensor:
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, float) for v in value):
-        return service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype="FP32", shape=[1, len(value)]), \
-            np.array([value], dtype=np.float32).tobytes()
+        return name, "FP32", list(value)
     if isinstance(value, (list, tuple)):
-        items = [v.encode() if isinstance(v, str) else v for v in value]
-        raw = b"".join(struct.pack("<I", len(v)) + v for v in items)
-        return service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype="BYTES", shape=[1, len(items)]), raw
+        return name, "BYTES", list(value)
     if isinstance(value, (str, bytes)):
-        data = value.encode() if isinstance(value, str) else value
-        raw = struct.pack("<I", len(data)) + data
-        return service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype="BYTES", shape=[1, 1]), raw
+        return name, "BYTES", [value]
     if isinstance(value, bool):
-        return service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype="BOOL", shape=[1, 1]), \
-            np.array([[value]], dtype=bool).tobytes()
+        return name, "BOOL", [value]
     if isinstance(value, float):
-        return service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype="FP32", shape=[1, 1]), \
-            np.array([[value]], dtype=np.float32).tobytes()
+        return name, "FP32", [value]
     if isinstance(value, int):
-        return service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype="INT32", shape=[1, 1]), \
-            np.array([[value]], dtype=np.int32).tobytes()
+        return name, "INT32", [value]
     raise TypeError(f"{name}: cannot send {type(value).__name__}")
 
 
 def grpc_request(model: str, job: Job, request_id: str) -> service_pb2.ModelInferRequest:
-    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
-    for name, value in job.inputs.items():
-        tensor, raw = _tensor(name, value)
-        request.inputs.append(tensor)
-        request.raw_input_contents.append(raw)
-    for name in job.outputs:
-        request.outputs.append(service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=name))
-    return request
+    return infer_request(model, [_tensor(name, value) for name, value in job.inputs.items()], list(job.outputs),
+                         request_id)
 
 
 def _bytes_elements(raw: bytes) -> list[bytes]:

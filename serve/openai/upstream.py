@@ -32,6 +32,7 @@ from tokenizers import Tokenizer
 
 from nemo_trt.serve.detokenize import IncrementalDetokenizer
 from nemo_trt.serve.token_ensemble import TOKEN_ENSEMBLE, TOKEN_OUTPUTS, token_ids
+from nemo_trt.serve.triton_request import Tensor, infer_request
 
 ENSEMBLE = "ensemble"
 PREPROCESSING = "preprocessing"
@@ -71,9 +72,9 @@ class UpstreamRequest:
     want_ids: bool = False
     request_id: str = ""
 
-    def tensors(self) -> list[tuple[str, str, list[Any]]]:
-        """(input name, Triton datatype, its elements); each is sent with shape [1, elements]."""
-        out: list[tuple[str, str, list[Any]]] = [("messages", "BYTES", [json.dumps(self.messages, ensure_ascii=False)]),
+    def tensors(self) -> list[Tensor]:
+        """The ensemble's inputs for this generation (only what is set)."""
+        out: list[Tensor] = [("messages", "BYTES", [json.dumps(self.messages, ensure_ascii=False)]),
                                                  ("stream", "BOOL", [self.stream])]
         optional = (("reasoning", "BYTES", self.reasoning), ("tools", "BYTES", self.tools),
                     ("continue_final", "BOOL", self.continue_final or None),
@@ -107,40 +108,11 @@ class UpstreamRequest:
         """What the gateway reads of `ensemble_tokens`."""
         return [*TOKEN_OUTPUTS, "output_log_probs"] if self.return_log_probs else list(TOKEN_OUTPUTS)
 
-    def preprocessing_tensors(self) -> list[tuple[str, str, list[Any]]]:
+    def preprocessing_tensors(self) -> list[Tensor]:
         """The `preprocessing` model's inputs for this request (to ask it for the prompt length)."""
         names = {"messages": "MESSAGES", "reasoning": "REASONING", "tools": "TOOLS",
                  "continue_final": "CONTINUE_FINAL", "max_tokens": "REQUEST_OUTPUT_LEN"}
         return [(names[n], t, v) for n, t, v in self.tensors() if n in names]
-
-
-_STRUCT = {"BOOL": "?", "INT32": "i", "FP32": "f", "UINT64": "Q"}
-
-
-def raw_contents(datatype: str, values: list[Any]) -> bytes:
-    """Elements -> Triton's raw tensor bytes: little-endian numbers; BYTES as a 4-byte length and
-    the UTF-8 data each."""
-    if datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(v)) + v for v in (x.encode("utf-8") for x in values))
-    return struct.pack(f"<{len(values)}{_STRUCT[datatype]}", *values)
-
-
-def infer_request(model: str, tensors: list[tuple[str, str, list[Any]]], outputs: list[str],
-                  request_id: str = "") -> Any:
-    """A ModelInferRequest protobuf built straight from the values: tritonclient's InferInput
-    path costs ~70 µs of numpy and checks per request (bench/results/openai_gateway.md)."""
-    from tritonclient.grpc import service_pb2
-
-    request = service_pb2.ModelInferRequest(model_name=model, id=request_id)
-    for name, datatype, values in tensors:
-        tensor = request.inputs.add()
-        tensor.name = name
-        tensor.datatype = datatype
-        tensor.shape.extend((1, len(values)))
-        request.raw_input_contents.append(raw_contents(datatype, values))
-    for name in outputs:
-        request.outputs.add().name = name
-    return request
 
 
 @dataclass(slots=True)
